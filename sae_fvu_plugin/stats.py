@@ -24,7 +24,11 @@ import torch
 
 from .definitions import FVUDefinition
 
-_CHUNK_ELEMENTS = 1 << 22  # rows × d per float64 chunk: 32 MiB of scratch at most
+# rows × d per float64 chunk. On the CPU small chunks stay in cache and avoid fresh-page
+# faults (measured 2.5× faster at 2048 × 512 than one 8 MiB chunk); on an accelerator
+# large chunks keep the kernel count low.
+_CHUNK_ELEMENTS_CPU = 1 << 16
+_CHUNK_ELEMENTS_DEVICE = 1 << 22
 
 
 class FVUWarning(RuntimeWarning):
@@ -97,23 +101,40 @@ class FVUState:
         )
 
 
-def _row_chunks(n: int, d: int) -> Iterable[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(d, 1))
-    return (slice(s, min(s + step, n)) for s in range(0, n, step))
+def _row_chunks(n: int, d: int, device: torch.device) -> list[slice]:
+    limit = _CHUNK_ELEMENTS_CPU if device.type == "cpu" else _CHUNK_ELEMENTS_DEVICE
+    step = max(1, limit // max(d, 1))
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
-def _token_terms(
-    xs: torch.Tensor,
-    rs: torch.Tensor,
-    x_center: torch.Tensor,
-    r_center: torch.Tensor,
-    center: str,
-    center_residual: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token numerator ‖r̃_n‖² and denominator ‖x_n − c_n‖² (float64 chunk)."""
-    den = (xs if center == "none" else xs - x_center).square().sum(-1)
-    num = (rs - r_center if center_residual else rs).square().sum(-1)
-    return num, den
+class _RowTerms:
+    """Per-token squared norms of one float64 chunk, each computed once when first asked:
+    ‖x_n‖², ‖x_n − c_x‖², ‖r_n‖², ‖r_n − c_r‖² (c = batch mean, or given centres)."""
+
+    def __init__(
+        self,
+        xs: torch.Tensor,
+        rs: torch.Tensor,
+        xc_sq: torch.Tensor,
+        rc_sq: torch.Tensor,
+        centers: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        self.xs, self.rs, self.xc_sq, self.rc_sq, self.centers = xs, rs, xc_sq, rc_sq, centers
+        self._cache: dict[tuple[str, bool], torch.Tensor] = {}
+
+    def get(self, which: str, centred: bool) -> torch.Tensor:
+        key = (which, centred)
+        if key not in self._cache:
+            v = self.xs if which == "x" else self.rs
+            if not centred:
+                out = torch.einsum("nd,nd->n", v, v)
+            elif self.centers is None:
+                out = (self.xc_sq if which == "x" else self.rc_sq).sum(1)
+            else:
+                c = v - self.centers[0 if which == "x" else 1]
+                out = torch.einsum("nd,nd->n", c, c)
+            self._cache[key] = out
+        return self._cache[key]
 
 
 def batch_state(
@@ -125,10 +146,11 @@ def batch_state(
 ) -> FVUState:
     """Statistics of one eval batch: ``x``, ``x_hat`` of shape (N, d), already masked.
 
-    Work happens on ``x``'s device in float64, in two passes over row chunks; the result is
-    moved to the CPU. ``centers`` (μ_x, μ_r) overrides the batch means used for the
-    per-token / per-batch ratio terms (the second pass of a global-centred definition).
-    Raises ``ValueError`` if any value is NaN or infinite.
+    Work happens on ``x``'s device in float64, in two passes (mean first, then centred
+    squares) over row chunks (64K elements on the CPU, 4M elsewhere); a batch that fits one chunk is
+    converted once. The result is moved to the CPU. ``centers`` (μ_x, μ_r) overrides the
+    batch means used for the per-token / per-batch ratio terms (the second pass of a
+    global-centred definition). Raises ``ValueError`` if any value is NaN or infinite.
     """
     n, d = x.shape
     keys = list(keys)
@@ -137,14 +159,25 @@ def batch_state(
         return state
     f64 = torch.float64
     dev = x.device
+    chunks = _row_chunks(n, d, dev)
+    held: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def chunk(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        if held is not None:
+            return held
+        xs = x[sl].to(f64)
+        return xs, xs - x_hat[sl]  # x_hat is promoted to float64 exactly, inside the kernel
+
     sum_x = torch.zeros(d, dtype=f64, device=dev)
     sum_r = torch.zeros(d, dtype=f64, device=dev)
-    for sl in _row_chunks(n, d):
-        xs = x[sl].to(f64)
+    for sl in chunks:
+        xs, rs = chunk(sl)
         sum_x += xs.sum(0)
-        sum_r += (xs - x_hat[sl].to(f64)).sum(0)
+        sum_r += rs.sum(0)
+        if len(chunks) == 1:
+            held = (xs, rs)
     mean_x, mean_r = sum_x / n, sum_r / n
-    cx, cr = (mean_x, mean_r) if centers is None else (c.to(dev, f64) for c in centers)
+    cent = None if centers is None else (centers[0].to(dev, f64), centers[1].to(dev, f64))
 
     m2_x = torch.zeros(d, dtype=f64, device=dev)
     m2_r = torch.zeros(d, dtype=f64, device=dev)
@@ -154,14 +187,17 @@ def batch_state(
         for k in keys
         if k.startswith("per_batch")
     }
-    for sl in _row_chunks(n, d):
-        xs = x[sl].to(f64)
-        rs = xs - x_hat[sl].to(f64)
-        m2_x += (xs - mean_x).square().sum(0)
-        m2_r += (rs - mean_r).square().sum(0)
+    for sl in chunks:
+        xs, rs = chunk(sl)
+        xc_sq = (xs - mean_x).square_()
+        rc_sq = (rs - mean_r).square_()
+        m2_x += xc_sq.sum(0)
+        m2_r += rc_sq.sum(0)
+        terms = _RowTerms(xs, rs, xc_sq, rc_sq, cent)
         for k in keys:
             _, center, cres = k.split("/")
-            num, den = _token_terms(xs, rs, cx, cr, center, cres == "1")
+            den = terms.get("x", center != "none")
+            num = terms.get("r", cres == "1")
             if k in tok:
                 tok[k] += (num / den).sum()
             else:
