@@ -1,0 +1,344 @@
+"""Lloyd's k-means and PCA over activations that may not fit in memory.
+
+Data come from an :class:`ActivationSource` (a tensor, a list of batches, or a function
+returning a fresh iterator of batches); every Lloyd iteration is one streaming pass.
+
+Assignment uses the expansion ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖² as one chunked matmul
+(argmin of ‖c‖² − 2 x·c) in the compute dtype, on data centred by the global mean (which
+keeps the expansion accurate when activations carry a large mean). Centroid sums, counts
+and inertia are accumulated in float64; inertia is Σ_n ‖x_n − c_{a(n)}‖² computed directly,
+not from the expansion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SCORE_ELEMENTS = 1 << 24  # rows × k of one distance chunk (64 MiB in float32)
+_CANDIDATES = 256  # farthest points remembered per pass, to re-seed empty clusters
+
+
+class ActivationSource:
+    """Re-iterable activation batches of shape (n, d).
+
+    ``acts``: a tensor (..., d); a list/tuple of tensors; a function returning a fresh
+    iterator; or any re-iterable object. A one-shot iterator (a generator) is refused:
+    Lloyd needs one pass per iteration.
+    """
+
+    def __init__(self, acts: Any, batch_rows: int = 1 << 15) -> None:
+        self._tensor: torch.Tensor | None = None
+        self._factory: Callable[[], Iterable[torch.Tensor]]
+        if isinstance(acts, torch.Tensor):
+            if acts.ndim < 2:
+                raise ValueError(
+                    f"acts has shape {tuple(acts.shape)}; expected (..., d) with d the width."
+                )
+            t = acts.reshape(-1, acts.shape[-1])
+            self._tensor = t
+            self._factory = lambda: t.split(batch_rows)
+        elif callable(acts):
+            self._factory = acts
+        elif isinstance(acts, Iterable):
+            if iter(acts) is acts:
+                raise TypeError(
+                    "acts is a one-shot iterator (e.g. a generator); k-means makes one pass "
+                    "per iteration. Pass a list of batches, a tensor, or a function that "
+                    "returns a fresh iterator."
+                )
+            self._factory = lambda: acts
+        else:
+            raise TypeError(
+                f"acts must be a tensor, a list of tensors or a function returning an "
+                f"iterator of tensors; got {type(acts).__name__}."
+            )
+        self.n: int | None = None
+        self.d: int | None = None
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        for i, b in enumerate(self._factory()):
+            if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+                raise TypeError(
+                    f"activation batch {i} is {getattr(b, 'dtype', type(b).__name__)}; "
+                    "expected a floating-point tensor of shape (..., d)."
+                )
+            b = b.reshape(-1, b.shape[-1])
+            if self.d is not None and b.shape[1] != self.d:
+                raise ValueError(f"activation batch {i} has width {b.shape[1]}, expected {self.d}.")
+            yield b
+
+
+@dataclass
+class DataStats:
+    """Mean, per-dim M2 and (optionally) the scatter matrix, float64, Chan-merged."""
+
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+    scatter: torch.Tensor | None
+    fingerprint: str
+
+    @property
+    def total_ss(self) -> float:
+        """Σ_n ‖x_n − μ‖²."""
+        return float(self.m2.sum())
+
+
+def data_stats(source: ActivationSource, device: torch.device, scatter: bool = False) -> DataStats:
+    """One pass: count, mean, M2 (and Σ (x−μ)(x−μ)ᵀ for PCA); checks every value is finite."""
+    n = 0
+    mean = m2 = cov = None
+    digest = hashlib.sha256()
+    for i, b in enumerate(source.batches()):
+        if source.d is None:
+            source.d = b.shape[1]
+        if b.shape[0] == 0:
+            continue
+        x = b.to(device, torch.float64)
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(
+                f"activation batch {i} has {bad} NaN/inf values (shape {tuple(b.shape)}); "
+                "k-means needs finite activations. Drop those tokens or fix the model/hook."
+            )
+        nb = x.shape[0]
+        mb = x.mean(0)
+        xc = x - mb
+        m2b = xc.square().sum(0)
+        cb = xc.T @ xc if scatter else None
+        if i == 0:
+            digest.update(f"{tuple(b.shape)}:{float(x.sum()):.17g}".encode())
+        if mean is None:
+            n, mean, m2, cov = nb, mb, m2b, cb
+            continue
+        tot = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta.square() * (n * nb / tot)
+        if scatter:
+            cov = cov + cb + torch.outer(delta, delta) * (n * nb / tot)
+        n = tot
+    if mean is None or n == 0:
+        raise ValueError("No activations: the source yielded no rows.")
+    source.n = n
+    return DataStats(n, mean, m2, cov, f"{n}:{source.d}:{digest.hexdigest()[:16]}")
+
+
+@dataclass
+class PCAResult:
+    components: torch.Tensor  # (p, d), rows orthonormal, by decreasing variance
+    explained_variance: torch.Tensor  # (p,), eigenvalues / (n − 1), like sklearn
+    explained_variance_ratio: torch.Tensor  # (p,)
+
+
+def pca_from_stats(stats: DataStats, n_components: int) -> PCAResult:
+    """Top principal axes of the centred data: eigenvectors of Σ (x−μ)(x−μ)ᵀ.
+
+    Sign convention: each component's largest-magnitude coordinate is positive.
+    """
+    assert stats.scatter is not None
+    evals, evecs = torch.linalg.eigh(stats.scatter)
+    order = torch.argsort(evals, descending=True)[:n_components]
+    comps = evecs[:, order].T.contiguous()
+    idx = comps.abs().argmax(1)
+    signs = torch.sign(comps[torch.arange(len(comps)), idx])
+    comps = comps * signs[:, None]
+    vals = evals[order].clamp(min=0)
+    total = float(torch.trace(stats.scatter))
+    return PCAResult(comps, vals / max(stats.n - 1, 1), vals / total)
+
+
+@dataclass
+class LloydState:
+    centroids: torch.Tensor  # (k, d) float64, in the centred frame
+    iteration: int = 0
+    labels: torch.Tensor | None = None  # int64 (n,), labels of the last pass
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+
+
+def _chunk_rows(k: int) -> int:
+    return max(1, _SCORE_ELEMENTS // max(k, 1))
+
+
+def assign(
+    x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor
+) -> torch.Tensor:
+    """Index of the nearest centroid for each row (chunked argmin of ‖c‖² − 2x·c)."""
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    step = _chunk_rows(centroids.shape[0])
+    for s in range(0, x.shape[0], step):
+        scores = torch.addmm(sq_norms, x[s : s + step], centroids.T, beta=1, alpha=-2)
+        out[s : s + step] = scores.argmin(1)
+    return out
+
+
+class _Pass:
+    """Accumulators of one Lloyd pass (float64)."""
+
+    def __init__(self, k: int, d: int, device: torch.device) -> None:
+        self.sums = torch.zeros(k, d, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(k, dtype=torch.float64, device=device)
+        self.inertia = torch.zeros((), dtype=torch.float64, device=device)
+        self.labels: list[torch.Tensor] = []
+        self.far_d = torch.empty(0, dtype=torch.float64, device=device)
+        self.far_x = torch.empty(0, d, dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor, centroids64: torch.Tensor, labels: torch.Tensor) -> None:
+        x64 = x.to(torch.float64)
+        dist = (x64 - centroids64[labels]).square().sum(1)
+        self.inertia += dist.sum()
+        self.sums.index_add_(0, labels, x64)
+        self.counts += torch.bincount(labels, minlength=self.counts.shape[0]).to(torch.float64)
+        self.labels.append(labels.cpu())
+        m = min(_CANDIDATES, dist.shape[0])
+        top_d, top_i = dist.topk(m)
+        cand_d = torch.cat([self.far_d, top_d])
+        cand_x = torch.cat([self.far_x, x64[top_i]])
+        keep = cand_d.topk(min(_CANDIDATES, cand_d.shape[0])).indices
+        self.far_d, self.far_x = cand_d[keep], cand_x[keep]
+
+
+def lloyd(
+    batches: Callable[[], Iterator[torch.Tensor]],
+    state: LloydState,
+    *,
+    n_iter: int,
+    tol: float,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    on_iteration: Callable[[LloydState], None] | None = None,
+) -> tuple[LloydState, float, torch.Tensor]:
+    """Run Lloyd iterations from ``state`` until ``n_iter``, label-stability, or a centre
+    shift Σ‖Δc‖² ≤ ``tol`` (absolute; callers scale it like sklearn). Then one final
+    assignment pass with the final centroids. Returns (state, inertia, labels).
+
+    Batches must already be centred and on ``device``. Empty clusters are re-seeded with
+    the farthest points of the pass (farthest first), deterministically.
+    """
+    k, d = state.centroids.shape
+    while state.iteration < n_iter and not state.converged:
+        c64 = state.centroids
+        c = c64.to(compute_dtype)
+        sq = c.square().sum(1)
+        acc = _Pass(k, d, device)
+        for x in batches():
+            acc.add(x, c64, assign(x.to(compute_dtype), c, sq))
+        new = acc.sums / acc.counts.clamp(min=1)[:, None]
+        empty = torch.nonzero(acc.counts == 0).flatten()
+        if len(empty):
+            donors = acc.far_x[: len(empty)]
+            new[empty[: len(donors)]] = donors
+        labels = torch.cat(acc.labels)
+        same = state.labels is not None and torch.equal(labels, state.labels)
+        shift = float((new - c64).square().sum())
+        state.history.append(float(acc.inertia))
+        state.centroids, state.labels = new, labels
+        state.iteration += 1
+        state.converged = bool(same) or shift <= tol
+        if on_iteration is not None:
+            on_iteration(state)
+    c64 = state.centroids
+    c = c64.to(compute_dtype)
+    sq = c.square().sum(1)
+    final = _Pass(k, d, device)
+    for x in batches():
+        final.add(x, c64, assign(x.to(compute_dtype), c, sq))
+    return state, float(final.inertia), torch.cat(final.labels)
+
+
+def kmeans_plus_plus(sample: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on ``sample`` (float64 rows).
+
+    First centre uniform; each next one drawn with probability ∝ squared distance to the
+    nearest centre chosen so far. Deterministic for a generator state.
+    """
+    n = sample.shape[0]
+    idx = [int(torch.randint(n, (1,), generator=generator))]
+    d2 = (sample - sample[idx[0]]).square().sum(1)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total <= 0:  # fewer distinct points than k: fall back to unused rows
+            unused = [i for i in range(n) if i not in set(idx)]
+            idx.append(unused[0])
+        else:
+            p = (d2 / total).cpu()
+            idx.append(int(torch.multinomial(p, 1, generator=generator)))
+        d2 = torch.minimum(d2, (sample - sample[idx[-1]]).square().sum(1))
+    return sample[idx].clone()
+
+
+def uniform_sample(
+    batches: Iterator[torch.Tensor], m: int, generator: torch.Generator
+) -> torch.Tensor:
+    """m rows drawn uniformly without replacement from a stream: every row gets a random
+    key and the m smallest keys are kept (deterministic for a generator state)."""
+    keys = torch.empty(0, dtype=torch.float64)
+    rows: torch.Tensor | None = None
+    for b in batches:
+        b64 = b.to(torch.float64)
+        kb = torch.rand(b.shape[0], generator=generator, dtype=torch.float64)
+        keys = torch.cat([keys, kb])
+        rows = b64 if rows is None else torch.cat([rows, b64.to(rows.device)])
+        if keys.shape[0] > m:
+            keep = torch.topk(keys, m, largest=False).indices
+            keys, rows = keys[keep], rows[keep.to(rows.device)]
+    assert rows is not None
+    order = torch.argsort(keys)
+    return rows[order.to(rows.device)]
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename): an interrupted save never corrupts the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved payload if ``path`` exists and was written for ``expected`` settings."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a torch file
+        raise ValueError(
+            f"Checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}). "
+            "Delete it to start over, or point checkpoint= elsewhere; it was not modified."
+        ) from err
+    if not isinstance(payload, dict) or payload.get("settings") != expected:
+        got = payload.get("settings") if isinstance(payload, dict) else None
+        diff = (
+            {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+            if isinstance(got, dict)
+            else "not a sae_fvu_plugin k-means checkpoint"
+        )
+        raise ValueError(
+            f"Checkpoint {path} was written for other settings or data ({diff}: saved vs "
+            "requested). Use another checkpoint path or delete it; it was not modified."
+        )
+    return payload
+
+
+def tolerance(tol: float, stats: DataStats) -> float:
+    """sklearn's scaling: tol × mean per-dimension variance of the data."""
+    d = stats.m2.shape[0]
+    return tol * float(stats.m2.sum()) / (stats.n * d) if math.isfinite(tol) else tol
