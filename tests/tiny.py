@@ -115,11 +115,15 @@ class ConstantSAE(BaseSAE):
 
 
 def collect(
-    model, sae, ds, n_batches: int, batch_prompts: int = 4, ignore_tokens=SPECIAL
+    model, sae, ds, n_batches: int, batch_prompts: int = 4, ignore_tokens=SPECIAL, skip: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The activations an eval of ``n_batches`` sees, drawn from a fresh store:
-    x (B, ctx, d), keep-mask (B, ctx), batch id (B, ctx)."""
+    x (B, ctx, d), keep-mask (B, ctx), batch id (B, ctx). ``skip``: batches drawn before
+    (SAEBench's KL/CE batches: ``reset_input_dataset`` does not rewind the store's token
+    stream, so the variance batches follow them)."""
     store = make_store(model, sae, ds, batch_prompts)
+    for _ in range(skip):
+        store.get_batch_tokens(batch_prompts)
     hook, head = sae.cfg.hook_name, getattr(sae.cfg, "hook_head_index", None)
     xs, masks, ids = [], [], []
     for b in range(n_batches):

@@ -76,12 +76,13 @@ class ClusteringSAE(SAE[KMeansSAEConfig]):
         _standardize_for_saebench(self)
 
     def initialize_weights(self) -> None:
+        # Fitted by clustering, not by gradients.
         kw = {"dtype": self.dtype, "device": self.device}
         d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
-        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
-        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw), requires_grad=False)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw), requires_grad=False)
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw), requires_grad=False)
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw), requires_grad=False)
 
     @property
     def n_pca(self) -> int:
