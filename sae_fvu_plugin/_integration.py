@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from .accumulator import FVUAccumulator
 from .definitions import DEFINITIONS
 
@@ -46,15 +48,33 @@ def check_report_names(names: Any) -> list[str]:
     return out
 
 
+def check_norm_threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"explained_variance_exclude_norm_above must be a positive number or None, got {value!r}."
+        )
+    return float(value)
+
+
 @dataclass
 class Selection:
-    """The definition reported as ``explained_variance`` and the extra ones to report."""
+    """The definition reported as ``explained_variance``, the extra ones to report, and the
+    optional token-norm threshold above which tokens are left out of every definition."""
 
     definition: str = DEFAULT_DEFINITION
     report: list[str] = field(default_factory=list)
+    exclude_norm_above: float | None = None
 
     def accumulator(self) -> FVUAccumulator:
         return FVUAccumulator([self.definition, *self.report])
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Keep-mask over the tokens of x (..., d) for the norm threshold (None: keep all)."""
+        if self.exclude_norm_above is None:
+            return None
+        return torch.linalg.vector_norm(x.to(torch.float64), dim=-1) <= self.exclude_norm_above
 
     @classmethod
     def from_config(cls, config: Any, default: Selection) -> Selection:
@@ -63,6 +83,9 @@ class Selection:
             return cls(
                 check_definition_name(config.explained_variance_definition),
                 check_report_names(getattr(config, "explained_variance_report", [])),
+                check_norm_threshold(
+                    getattr(config, "explained_variance_exclude_norm_above", None)
+                ),
             )
         return cls(default.definition, list(default.report))
 
@@ -73,6 +96,7 @@ class RunState:
 
     selection: Selection
     by_definition: dict[str, float] | None = None
+    excluded_tokens: int = 0
 
 
 _RUN: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("sae_fvu_run", default=None)
@@ -203,4 +227,5 @@ class Integration:
         if quality is not None and run.by_definition is not None:
             quality["explained_variance_definition"] = selection.definition
             quality["explained_variance_by_definition"] = run.by_definition
+            quality["explained_variance_excluded_tokens"] = run.excluded_tokens
         return metrics, feature_metrics

@@ -17,7 +17,8 @@ x and the matching ``decode`` output x̂, with the ``ignore_tokens`` mask rebuil
 SAEBench's own expression from the batch tokens it drew — and streams them into an
 :class:`~sae_fvu_plugin.FVUAccumulator` on the SAE's device. No extra forward pass; every
 other metric is untouched. ``explained_variance`` is then 1 − FVU under the selected
-definition. ``saebench_0_6`` reports SAEBench's own stock number, bit for bit.
+definition. ``saebench_0_6`` reports SAEBench's own stock number, bit for bit (our float64
+reproduction of it when ``explained_variance_exclude_norm_above`` leaves tokens out).
 
 Enabled, the module attributes ``run_evals``, ``get_sparsity_and_variance_metrics``,
 ``save_single_eval_result``, ``ReconstructionQualityMetrics``, ``CoreMetricCategories``
@@ -52,7 +53,9 @@ from sae_bench.evals.core.eval_output import (
 from ._integration import (
     DEFAULT_DEFINITION,
     Integration,
+    Selection,
     check_definition_name,
+    check_norm_threshold,
     check_report_names,
     current_run,
     ordered_explained_variance,
@@ -103,6 +106,20 @@ class FVUCoreEvalConfig(CoreEvalConfig):
         examples=[["fvu_b", "fvu_per_dim"], ["all"]],
     )
 
+    explained_variance_exclude_norm_above: float | None = Field(
+        default=None,
+        title="Exclude Tokens Above Norm",
+        description="Leave tokens whose activation L2 norm exceeds this out of every "
+        "explained-variance definition (e.g. rare 'massive activation' tokens); every other "
+        "metric keeps them. None keeps all tokens. The count left out is reported as "
+        "`explained_variance_excluded_tokens`.",
+    )
+
+    @field_validator("explained_variance_exclude_norm_above")
+    @classmethod
+    def _positive_threshold(cls, value: float | None) -> float | None:
+        return check_norm_threshold(value)
+
     @field_validator("explained_variance_definition")
     @classmethod
     def _known_definition(cls, value: str) -> str:
@@ -128,6 +145,12 @@ class FVUReconstructionQualityMetrics(ReconstructionQualityMetrics):
         title="Explained Variance by Definition",
         description="{definition name: 1 − FVU} for the selected definition and "
         "`explained_variance_report`, on the same tokens.",
+    )
+    explained_variance_excluded_tokens: int = Field(
+        default=0,
+        title="Tokens Excluded from Explained Variance",
+        description="Tokens left out of explained variance by "
+        "`explained_variance_exclude_norm_above` (0 when unset).",
     )
 
     # SAEBench keeps metrics flat; the one mapping here is a table of scalars.
@@ -168,9 +191,11 @@ class _Observer:
     """Pairs each ``sae.encode(x)`` with the ``sae.decode`` of its output, masks like
     SAEBench and feeds the accumulator."""
 
-    def __init__(self, acc: FVUAccumulator, ignore_tokens: Any) -> None:
+    def __init__(self, acc: FVUAccumulator, ignore_tokens: Any, selection: Selection) -> None:
         self.acc = acc
         self.ignore_tokens = ignore_tokens
+        self.selection = selection
+        self.excluded = 0
         self.tokens: torch.Tensor | None = None
         self.token_batches = 0
         self.observed = 0
@@ -224,9 +249,14 @@ class _Observer:
             if self._depth == 0 and pending is not None and feats is pending[1]:
                 self._pending = None
                 self.observed += 1
-                mask = self._mask()
+                x = pending[0]
+                mask = self._mask().to(x.device)
+                by_norm = self.selection.keep(x)
+                if by_norm is not None:
+                    self.excluded += int((mask & ~by_norm).sum())
+                    mask = mask & by_norm
                 try:
-                    self.acc.update(pending[0], out, mask.to(pending[0].device))
+                    self.acc.update(x, out, mask)
                 except ValueError as err:
                     raise ValueError(
                         f"sae_fvu_plugin, SAEBench eval batch {self.observed}: {err}"
@@ -260,7 +290,7 @@ def _sparsity_and_variance(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], d
     run = current_run(_SAEBENCH.defaults)
     acc = run.selection.accumulator()
     sae, store = a["sae"], a["activation_store"]
-    obs = _Observer(acc, a["ignore_tokens"])
+    obs = _Observer(acc, a["ignore_tokens"], run.selection)
     with (
         _instance_override(store, "get_batch_tokens", obs.wrap_tokens(store.get_batch_tokens)),
         _instance_override(sae, "encode", obs.wrap_encode(sae.encode)),
@@ -275,10 +305,11 @@ def _sparsity_and_variance(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], d
             "stock SAEBench."
         )
     ev = ordered_explained_variance(acc, run.selection)
-    if "saebench_0_6" in ev:
+    if "saebench_0_6" in ev and run.selection.exclude_norm_above is None:
         ev["saebench_0_6"] = float(metrics["explained_variance"])  # SAEBench's own number
     metrics["explained_variance"] = ev[run.selection.definition]
     run.by_definition = ev
+    run.excluded_tokens = obs.excluded
     return metrics, feature_metrics
 
 

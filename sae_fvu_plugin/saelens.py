@@ -32,6 +32,7 @@ from ._integration import (
     DEFAULT_DEFINITION,
     Integration,
     check_definition_name,
+    check_norm_threshold,
     check_report_names,
     current_run,
     ordered_explained_variance,
@@ -46,14 +47,18 @@ class FVUEvalConfig(_evals.EvalConfig):
 
     ``explained_variance_definition``: reported as ``explained_variance`` (default
     ``fvu_a``). ``explained_variance_report``: further names (``["all"]`` allowed).
+    ``explained_variance_exclude_norm_above``: tokens with a larger activation norm are left
+    out of explained variance only (counted in ``explained_variance_excluded_tokens``).
     """
 
     explained_variance_definition: str = DEFAULT_DEFINITION
     explained_variance_report: list[str] = field(default_factory=list)
+    explained_variance_exclude_norm_above: float | None = None
 
     def __post_init__(self) -> None:
         check_definition_name(self.explained_variance_definition)
         self.explained_variance_report = check_report_names(self.explained_variance_report)
+        check_norm_threshold(self.explained_variance_exclude_norm_above)
 
 
 class _FVUExplainedVarianceCalculator(_evals.ExplainedVarianceCalculator):
@@ -65,8 +70,11 @@ class _FVUExplainedVarianceCalculator(_evals.ExplainedVarianceCalculator):
         self._acc = self._run.selection.accumulator()
 
     def add_batch(self, sae_output: torch.Tensor, hidden_acts: torch.Tensor) -> None:
+        keep = self._run.selection.keep(hidden_acts)
+        if keep is not None:
+            self._run.excluded_tokens += int((~keep).sum())
         try:
-            self._acc.update(hidden_acts, sae_output)
+            self._acc.update(hidden_acts, sae_output, keep)
         except ValueError as err:
             raise ValueError(
                 f"sae_fvu_plugin, SAELens eval batch {self._acc.n_batches + 1}: {err}"

@@ -54,8 +54,9 @@ def test_lloyd_matches_sklearn_from_same_init(x, n_iter):
 def test_pca_matches_sklearn(x):
     sae = fit_pca_kmeans(x, 10, 5, n_iter=5, progress=False)
     ref = PCA(5).fit(x.numpy())
-    np.testing.assert_allclose(sae.cfg.metadata.pca_explained_variance_ratio,
-                               ref.explained_variance_ratio_, rtol=1e-9)
+    np.testing.assert_allclose(
+        sae.cfg.metadata.pca_explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-9
+    )
     # components span the same axes (up to sign)
     comps = sae.W_dec[:5].double().numpy()
     np.testing.assert_allclose(np.abs(comps @ ref.components_.T), np.eye(5), atol=1e-4)
@@ -101,8 +102,9 @@ def test_checkpoint_resume_is_identical(x, tmp_path):
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        fit_kmeans(flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck,
-                   checkpoint_every=1)
+        fit_kmeans(
+            flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck, checkpoint_every=1
+        )
     assert 0 < torch.load(ck, weights_only=True)["iteration"] < 9
     resumed = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck)
     assert torch.equal(resumed.W_enc, full.W_enc)
@@ -123,7 +125,9 @@ def test_bad_checkpoints_and_inputs_are_refused_without_overwriting(x, tmp_path)
     with pytest.raises(ValueError, match="corrupt or truncated"):
         fit_kmeans(x, 4, n_iter=2, progress=False, checkpoint=ck)
     assert len(ck.read_bytes()) == len(before) // 2
-    with pytest.raises(ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"):
+    with pytest.raises(
+        ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"
+    ):
         fit_kmeans(x[:10], 20, progress=False)
     bad = x.clone()
     bad[7, 3] = float("nan")
@@ -137,8 +141,10 @@ def test_bad_checkpoints_and_inputs_are_refused_without_overwriting(x, tmp_path)
 
 
 def test_sae_maps_and_disk_format(x, tmp_path):
-    for sae in (fit_kmeans(x, 10, n_iter=5, progress=False),
-                fit_pca_kmeans(x, 10, 3, n_iter=5, progress=False)):
+    for sae in (
+        fit_kmeans(x, 10, n_iter=5, progress=False),
+        fit_pca_kmeans(x, 10, 3, n_iter=5, progress=False),
+    ):
         xf = x.float()
         f = sae.encode(xf)
         p = sae.n_pca
@@ -163,9 +169,13 @@ def test_sae_maps_and_disk_format(x, tmp_path):
 
 
 def test_load_errors(x, tmp_path):
-    sae = fit_kmeans(x, 4, n_iter=2, progress=False, model_name="m", hook_name="blocks.0.hook_resid_post")
+    sae = fit_kmeans(
+        x, 4, n_iter=2, progress=False, model_name="m", hook_name="blocks.0.hook_resid_post"
+    )
     sae.save_model(tmp_path / "ok")
-    with pytest.raises(ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"):
+    with pytest.raises(
+        ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"
+    ):
         load_clustering_sae(tmp_path / "ok", expected_d_in=32)
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         load_clustering_sae(tmp_path / "missing")
@@ -181,19 +191,33 @@ def test_load_errors(x, tmp_path):
 @pytest.fixture(scope="module")
 def lm():
     model, ds = tiny_model(offset=2.0, seed=4), tiny_dataset(n=64, seed=4)
-    acts = collect_activations(model, ds, HOOK, 1500, context_size=CTX, batch_prompts=4,
-                               drop_first_position=True, progress=False)
+    acts = collect_activations(
+        model,
+        ds,
+        HOOK,
+        1500,
+        context_size=CTX,
+        batch_prompts=4,
+        drop_first_position=True,
+        progress=False,
+    )
     return model, ds, acts
 
 
 def everything(n_batches=3):
     return fsb.FVUCoreEvalConfig(
-        compute_kl=True, compute_ce_loss=True, compute_l2_norms=True,
-        compute_sparsity_metrics=True, compute_variance_metrics=True,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
-        compute_featurewise_weight_based_metrics=True, batch_size_prompts=4,
-        n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=n_batches,
-        context_size=CTX, explained_variance_report=["fvu_b", "fvu_per_dim"],
+        compute_featurewise_weight_based_metrics=True,
+        batch_size_prompts=4,
+        n_eval_reconstruction_batches=2,
+        n_eval_sparsity_variance_batches=n_batches,
+        context_size=CTX,
+        explained_variance_report=["fvu_b", "fvu_per_dim"],
     )
 
 
@@ -201,14 +225,20 @@ def everything(n_batches=3):
 def test_stock_saebench_evaluates_clustering_sae(lm, n_pca):
     model, ds, acts = lm
     assert acts.shape == (1500, 64)
-    meta = dict(model_name="tiny-random", hook_name=HOOK, context_size=CTX, dataset="in-memory",
-                prepend_bos=False)
+    meta = dict(
+        model_name="tiny-random",
+        hook_name=HOOK,
+        context_size=CTX,
+        dataset="in-memory",
+        prepend_bos=False,
+    )
     if n_pca:
         sae = fit_pca_kmeans(acts, 24, n_pca, n_iter=8, progress=False, **meta)
     else:
         sae = fit_kmeans(acts, 24, n_iter=8, progress=False, **meta)
-    metrics, feats = core.run_evals(sae, make_store(model, sae, ds), model, everything(),
-                                    ignore_tokens=set(SPECIAL))  # stock SAEBench
+    metrics, feats = core.run_evals(
+        sae, make_store(model, sae, ds), model, everything(), ignore_tokens=set(SPECIAL)
+    )  # stock SAEBench
     for group in metrics.values():
         for value in group.values():
             assert np.isfinite(value)
@@ -218,8 +248,9 @@ def test_stock_saebench_evaluates_clustering_sae(lm, n_pca):
         assert metrics["sparsity"]["l0"] == 1.0
     # with the plugin: fvu_a through the loop = 1 − inertia / TSS, computed directly
     with fsb.enabled():
-        m, _ = core.run_evals(sae, make_store(model, sae, ds), model, everything(),
-                              ignore_tokens=set(SPECIAL))
+        m, _ = core.run_evals(
+            sae, make_store(model, sae, ds), model, everything(), ignore_tokens=set(SPECIAL)
+        )
     x, keep, _ = collect(model, sae, ds, 3, skip=2)
     xk = x[keep].double()
     mu = sae.b_dec.double()
@@ -230,4 +261,6 @@ def test_stock_saebench_evaluates_clustering_sae(lm, n_pca):
     cents = sae.W_enc[:, n_pca:].T.double()
     inertia = float(torch.cdist(z, cents).square().min(1).values.sum())
     tss = float(((xk - xk.mean(0)) ** 2).sum())
-    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(1 - inertia / tss, rel=1e-6)
+    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(
+        1 - inertia / tss, rel=1e-6
+    )

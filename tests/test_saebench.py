@@ -222,7 +222,11 @@ def test_every_other_metric_bit_identical(offset_model, ds):
                 continue
             assert m[group][key] == value or (math.isnan(value) and math.isnan(m[group][key])), key
     added = set(m["reconstruction_quality"]) - set(stock_m["reconstruction_quality"])
-    assert added == {"explained_variance_definition", "explained_variance_by_definition"}
+    assert added == {
+        "explained_variance_definition",
+        "explained_variance_by_definition",
+        "explained_variance_excluded_tokens",
+    }
 
 
 def test_stock_config_gets_plugin_default(offset_model, ds):
@@ -343,3 +347,63 @@ def test_cli_mirrors_saebench_arguments():
         "all"
     ]
     assert HOOK  # (same hook conventions as SAEBench)
+
+
+def test_exclude_norm_above_is_explicit_and_recorded(offset_model, ds, tmp_path):
+    sae = standard_sae(seed=8)
+    x, keep, ids = collect(offset_model, sae, ds, N_BATCHES)
+    norms = x.double().norm(dim=-1)
+    thr = float(norms[keep].quantile(0.9))
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    kept = keep & (norms <= thr)
+    config = cfg(
+        explained_variance_exclude_norm_above=thr,
+        explained_variance_report=["all"],
+        compute_l2_norms=True,
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+    )
+    with fsb.enabled():
+        m, feats = run(offset_model, sae, ds, config)
+        plain, _ = run(offset_model, sae, ds, cfg())
+    rq = m["reconstruction_quality"]
+    assert rq["explained_variance_excluded_tokens"] == int((keep & (norms > thr)).sum()) > 0
+    assert plain["reconstruction_quality"]["explained_variance_excluded_tokens"] == 0
+    want = fp.fvu_many(x, x_hat, "all", mask=kept, batch_ids=ids)
+    for name, value in rq["explained_variance_by_definition"].items():
+        assert value == pytest.approx(1 - want[name], rel=1e-9, abs=1e-12), name
+    # other metrics still see every token
+    assert (
+        rq["explained_variance_legacy"]
+        == plain["reconstruction_quality"]["explained_variance_legacy"]
+    )
+    with pytest.raises(ValidationError, match="positive number"):
+        cfg(explained_variance_exclude_norm_above=-1.0)
+    # SAEBench's saver needs KL/CE groups; give it a full run's groups
+    with fsb.enabled():
+        full, _ = run(
+            offset_model,
+            sae,
+            ds,
+            cfg(compute_kl=True, compute_ce_loss=True, n_eval_reconstruction_batches=1),
+        )
+    m["model_behavior_preservation"] = full["model_behavior_preservation"]
+    m["model_performance_preservation"] = full["model_performance_preservation"]
+    m["misc_metrics"] = core.calculate_misc_metrics(feats)
+    result = {
+        "eval_cfg": config,
+        "metrics": m,
+        "feature_metrics": feats,
+        "sae_set": "local",
+        "sae_id": "x",
+    }
+    path = tmp_path / "r.json"
+    with fsb.enabled():
+        core.save_single_eval_result(result, "run", "6.54.12", "n/a", str(path), sae)
+    saved = json.loads(path.read_text())
+    assert saved["eval_config"]["explained_variance_exclude_norm_above"] == thr
+    assert (
+        saved["eval_result_metrics"]["reconstruction_quality"]["explained_variance_excluded_tokens"]
+        == rq["explained_variance_excluded_tokens"]
+    )

@@ -110,3 +110,17 @@ def test_config_validation_and_reversibility():
     assert evals.run_evals is not stock[0]
     fsl.disable()
     assert (evals.run_evals, evals.ExplainedVarianceCalculator) == stock
+
+
+def test_exclude_norm_above(setup):
+    x, x_hat, keep, ids = setup[3]
+    norms = x.double().norm(dim=-1)
+    thr = float(norms[keep].quantile(0.8))
+    kept = keep & (norms <= thr)
+    with fsl.enabled():
+        m, _ = run(setup, config(fsl.FVUEvalConfig, explained_variance_exclude_norm_above=thr))
+    rq = m["reconstruction_quality"]
+    assert rq["explained_variance_excluded_tokens"] == int((keep & (norms > thr)).sum()) > 0
+    assert rq["explained_variance"] == pytest.approx(
+        fp.explained_variance(x, x_hat, "fvu_a", mask=kept), rel=1e-9
+    )

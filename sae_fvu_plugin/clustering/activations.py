@@ -35,22 +35,36 @@ def collect_activations(
     rows_per_ctx = context_size - (1 if drop_first_position else 0)
     n_prompts = -(-n_tokens // rows_per_ctx)
     store = ActivationsStore(
-        model=model, dataset=dataset, streaming=isinstance(dataset, str),
-        hook_name=hook_name, hook_head_index=hook_head_index, context_size=context_size,
-        d_in=0, n_batches_in_buffer=2, total_training_tokens=n_prompts * context_size,
-        store_batch_size_prompts=batch_prompts, train_batch_size_tokens=batch_prompts * context_size,
-        prepend_bos=prepend_bos, normalize_activations="none", device=torch.device(device),
-        dtype="float32", disable_concat_sequences=False,
+        model=model,
+        dataset=dataset,
+        streaming=isinstance(dataset, str),
+        hook_name=hook_name,
+        hook_head_index=hook_head_index,
+        context_size=context_size,
+        d_in=0,
+        n_batches_in_buffer=2,
+        total_training_tokens=n_prompts * context_size,
+        store_batch_size_prompts=batch_prompts,
+        train_batch_size_tokens=batch_prompts * context_size,
+        prepend_bos=prepend_bos,
+        normalize_activations="none",
+        device=torch.device(device),
+        dtype="float32",
+        disable_concat_sequences=False,
     )
     layer = _layer_of(hook_name)
     out: list[torch.Tensor] = []
     got = 0
-    with tqdm(total=n_tokens, disable=not progress, desc=f"activations {hook_name}", unit="tok") as bar:
+    with tqdm(
+        total=n_tokens, disable=not progress, desc=f"activations {hook_name}", unit="tok"
+    ) as bar:
         while got < n_tokens:
             tokens = store.get_batch_tokens(batch_prompts)
             with torch.no_grad():
                 _, cache = model.run_with_cache(
-                    tokens, prepend_bos=False, names_filter=[hook_name],
+                    tokens,
+                    prepend_bos=False,
+                    names_filter=[hook_name],
                     stop_at_layer=None if layer is None else layer + 1,
                 )
             act = cache[hook_name]

@@ -15,8 +15,8 @@ from .kmeans import (
     LloydState,
     data_stats,
     kmeans_plus_plus,
-    load_checkpoint,
     lloyd,
+    load_checkpoint,
     pca_from_stats,
     save_checkpoint,
     tolerance,
@@ -81,8 +81,19 @@ def fit_pca_kmeans(
 
 
 _OPTIONS = {
-    "acts", "n_clusters", "n_pca", "n_iter", "tol", "init", "seed", "device", "progress",
-    "checkpoint", "checkpoint_every", "init_sample", "metadata",
+    "acts",
+    "n_clusters",
+    "n_pca",
+    "n_iter",
+    "tol",
+    "init",
+    "seed",
+    "device",
+    "progress",
+    "checkpoint",
+    "checkpoint_every",
+    "init_sample",
+    "metadata",
 }
 
 
@@ -93,9 +104,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
     if not isinstance(n_pca, int) or n_pca < 0:
         raise ValueError(f"n_pca must be a non-negative int, got {n_pca!r}.")
     n_iter, seed = int(opts["n_iter"]), int(opts["seed"])
-    dev = torch.device(
-        opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    dev = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = ActivationSource(acts)
     stats = data_stats(source, dev, scatter=n_pca > 0)
     n, d = stats.n, int(source.d or 0)
@@ -128,9 +137,12 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
             raise ValueError(
                 f"init has shape {tuple(init.shape)}, expected (n_clusters, d) = ({n_clusters}, {d})."
             )
-        init_key = "tensor:" + hashlib.sha256(
-            init.detach().to("cpu", torch.float64).numpy().tobytes()
-        ).hexdigest()[:16]
+        init_key = (
+            "tensor:"
+            + hashlib.sha256(init.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest()[
+                :16
+            ]
+        )
     elif init in ("k-means++", "random"):
         init_key = str(init)
     else:
@@ -158,12 +170,19 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
             converged=bool(saved["converged"]),
         )
     else:
-        state = LloydState(centroids=_initial_centroids(init, transform, batches, n, n_clusters, seed, opts["init_sample"]))
+        state = LloydState(
+            centroids=_initial_centroids(
+                init, transform, batches, n, n_clusters, seed, opts["init_sample"]
+            )
+        )
 
     every = max(1, int(opts["checkpoint_every"]))
     bar = tqdm(
-        total=n_iter, initial=min(state.iteration, n_iter), disable=not opts["progress"],
-        desc=f"{settings['kind']} k={n_clusters}" + (f" p={n_pca}" if n_pca else ""), unit="it",
+        total=n_iter,
+        initial=min(state.iteration, n_iter),
+        disable=not opts["progress"],
+        desc=f"{settings['kind']} k={n_clusters}" + (f" p={n_pca}" if n_pca else ""),
+        unit="it",
     )
 
     def on_iteration(s: LloydState) -> None:
@@ -174,8 +193,13 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
 
     try:
         state, inertia, labels = lloyd(
-            batches, state, n_iter=n_iter, tol=tolerance(float(opts["tol"]), stats),
-            compute_dtype=compute_dtype, device=dev, on_iteration=on_iteration,
+            batches,
+            state,
+            n_iter=n_iter,
+            tol=tolerance(float(opts["tol"]), stats),
+            compute_dtype=compute_dtype,
+            device=dev,
+            on_iteration=on_iteration,
         )
     finally:
         bar.close()

@@ -96,7 +96,9 @@ class DataStats:
 def data_stats(source: ActivationSource, device: torch.device, scatter: bool = False) -> DataStats:
     """One pass: count, mean, M2 (and Σ (x−μ)(x−μ)ᵀ for PCA); checks every value is finite."""
     n = 0
-    mean = m2 = cov = None
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
+    cov: torch.Tensor | None = None
     digest = hashlib.sha256()
     for i, b in enumerate(source.batches()):
         if source.d is None:
@@ -115,19 +117,18 @@ def data_stats(source: ActivationSource, device: torch.device, scatter: bool = F
         xc = x - mb
         m2b = xc.square().sum(0)
         cb = xc.T @ xc if scatter else None
-        if i == 0:
-            digest.update(f"{tuple(b.shape)}:{float(x.sum()):.17g}".encode())
-        if mean is None:
+        digest.update(f"{tuple(b.shape)}:{float(mb.sum()):.17g}".encode())
+        if mean is None or m2 is None:
             n, mean, m2, cov = nb, mb, m2b, cb
             continue
         tot = n + nb
         delta = mb - mean
         mean = mean + delta * (nb / tot)
         m2 = m2 + m2b + delta.square() * (n * nb / tot)
-        if scatter:
+        if cov is not None and cb is not None:
             cov = cov + cb + torch.outer(delta, delta) * (n * nb / tot)
         n = tot
-    if mean is None or n == 0:
+    if mean is None or m2 is None or n == 0:
         raise ValueError("No activations: the source yielded no rows.")
     source.n = n
     return DataStats(n, mean, m2, cov, f"{n}:{source.d}:{digest.hexdigest()[:16]}")
@@ -170,9 +171,7 @@ def _chunk_rows(k: int) -> int:
     return max(1, _SCORE_ELEMENTS // max(k, 1))
 
 
-def assign(
-    x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor
-) -> torch.Tensor:
+def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid for each row (chunked argmin of ‖c‖² − 2x·c)."""
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     step = _chunk_rows(centroids.shape[0])

@@ -42,7 +42,9 @@ class KMeansSAEConfig(SAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_pca != 0:
-            raise ValueError(f"architecture 'kmeans' has n_pca=0, got {self.n_pca}; use pca_kmeans.")
+            raise ValueError(
+                f"architecture 'kmeans' has n_pca=0, got {self.n_pca}; use pca_kmeans."
+            )
         if self.d_sae < 1:
             raise ValueError(f"d_sae (clusters) must be ≥ 1, got {self.d_sae}.")
 
@@ -144,7 +146,9 @@ class ClusteringSAE(SAE[KMeansSAEConfig]):
         mu = mean.to("cpu", torch.float64)
         norms = c64.norm(dim=1)
         unit = torch.where(
-            norms[:, None] > 0, c64 / norms.clamp(min=1e-300)[:, None], torch.eye(1, d, dtype=c64.dtype)
+            norms[:, None] > 0,
+            c64 / norms.clamp(min=1e-300)[:, None],
+            torch.eye(1, d, dtype=c64.dtype),
         )
         w_enc = torch.zeros(d, p + k, dtype=torch.float64)
         w_dec = torch.zeros(p + k, d, dtype=torch.float64)
@@ -158,7 +162,12 @@ class ClusteringSAE(SAE[KMeansSAEConfig]):
         w_dec[p:] = unit
         b_enc[p:] = -(c64 @ mu) - 0.5 * norms.square()
         with torch.no_grad():
-            for name, value in (("W_enc", w_enc), ("b_enc", b_enc), ("W_dec", w_dec), ("b_dec", mu)):
+            for name, value in (
+                ("W_enc", w_enc),
+                ("b_enc", b_enc),
+                ("W_dec", w_dec),
+                ("b_dec", mu),
+            ):
                 getattr(sae, name).copy_(value.to(sae.dtype))
         return sae
 
