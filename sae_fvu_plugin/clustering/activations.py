@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 def collect_activations(
     model: Any,
     dataset: Any,
-    hook_name: str,
+    hook_name: str | list[str],
     n_tokens: int,
     *,
     context_size: int = 128,
@@ -22,8 +22,9 @@ def collect_activations(
     drop_first_position: bool = False,
     device: str = "cpu",
     progress: bool = True,
-) -> torch.Tensor:
-    """(n_tokens, d) float32 activations at ``hook_name`` (on CPU).
+) -> Any:
+    """(n_tokens, d) float32 activations at ``hook_name`` (on CPU); for a list of hooks, a
+    dict {hook: activations} from one forward pass (stopping after the last hooked layer).
 
     ``dataset``: a Hugging Face dataset (or its name) with text or ``input_ids``;
     tokenised into contexts of ``context_size`` by the store. ``drop_first_position``
@@ -34,11 +35,12 @@ def collect_activations(
 
     rows_per_ctx = context_size - (1 if drop_first_position else 0)
     n_prompts = -(-n_tokens // rows_per_ctx)
+    hooks = [hook_name] if isinstance(hook_name, str) else list(hook_name)
     store = ActivationsStore(
         model=model,
         dataset=dataset,
         streaming=isinstance(dataset, str),
-        hook_name=hook_name,
+        hook_name=hooks[0],
         hook_head_index=hook_head_index,
         context_size=context_size,
         d_in=0,
@@ -52,33 +54,34 @@ def collect_activations(
         dtype="float32",
         disable_concat_sequences=False,
     )
-    layer = _layer_of(hook_name)
-    out: list[torch.Tensor] = []
+    layers = [_layer_of(h) for h in hooks]
+    stop = None if None in layers else max(int(x) for x in layers if x is not None) + 1
+    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     got = 0
-    with tqdm(
-        total=n_tokens, disable=not progress, desc=f"activations {hook_name}", unit="tok"
-    ) as bar:
+    desc = f"activations {', '.join(hooks)}"
+    with tqdm(total=n_tokens, disable=not progress, desc=desc, unit="tok") as bar:
         while got < n_tokens:
             tokens = store.get_batch_tokens(batch_prompts)
             with torch.no_grad():
                 _, cache = model.run_with_cache(
-                    tokens,
-                    prepend_bos=False,
-                    names_filter=[hook_name],
-                    stop_at_layer=None if layer is None else layer + 1,
+                    tokens, prepend_bos=False, names_filter=hooks, stop_at_layer=stop
                 )
-            act = cache[hook_name]
-            if hook_head_index is not None:
-                act = act[:, :, hook_head_index]
-            elif act.ndim == 4:
-                act = act.flatten(-2, -1)
-            if drop_first_position:
-                act = act[:, 1:]
-            act = act.reshape(-1, act.shape[-1]).float().cpu()
-            out.append(act[: n_tokens - got])
-            got += out[-1].shape[0]
-            bar.update(out[-1].shape[0])
-    return torch.cat(out)
+            take = 0
+            for h in hooks:
+                act = cache[h]
+                if hook_head_index is not None:
+                    act = act[:, :, hook_head_index]
+                elif act.ndim == 4:
+                    act = act.flatten(-2, -1)
+                if drop_first_position:
+                    act = act[:, 1:]
+                act = act.reshape(-1, act.shape[-1]).float().cpu()[: n_tokens - got]
+                out[h].append(act)
+                take = act.shape[0]
+            got += take
+            bar.update(take)
+    result = {h: torch.cat(v) for h, v in out.items()}
+    return result[hooks[0]] if isinstance(hook_name, str) else result
 
 
 def _layer_of(hook_name: str) -> int | None:

@@ -19,6 +19,7 @@ from .kmeans import (
     load_checkpoint,
     pca_from_stats,
     save_checkpoint,
+    sub_rows,
     tolerance,
     uniform_sample,
 )
@@ -123,13 +124,25 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
     basis = None if pca is None else pca.components.to(dev)
 
     def transform(b: torch.Tensor) -> torch.Tensor:
-        z = b.to(dev, torch.float64) - mean
-        if basis is not None:
-            z = z - (z @ basis.T) @ basis
-        return z
+        """z = x − μ (minus its PCA part), in float64 chunks, returned in compute dtype."""
+        out = torch.empty(b.shape, dtype=compute_dtype, device=dev)
+        step = sub_rows(b.shape[1], dev)
+        for s in range(0, b.shape[0], step):
+            z = b[s : s + step].to(dev, torch.float64) - mean
+            if basis is not None:
+                z = z - (z @ basis.T) @ basis
+            out[s : s + step] = z
+        return out
 
-    def batches() -> Iterator[torch.Tensor]:
-        return (transform(b) for b in source.batches() if b.shape[0])
+    if source.in_memory:  # transform once; each Lloyd pass then only reads
+        held = [transform(b) for b in source.batches() if b.shape[0]]
+
+        def batches() -> Iterator[torch.Tensor]:
+            return iter(held)
+    else:
+
+        def batches() -> Iterator[torch.Tensor]:
+            return (transform(b) for b in source.batches() if b.shape[0])
 
     init = opts["init"]
     if isinstance(init, torch.Tensor):
@@ -172,7 +185,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
     else:
         state = LloydState(
             centroids=_initial_centroids(
-                init, transform, batches, n, n_clusters, seed, opts["init_sample"]
+                init, transform, batches, n, n_clusters, seed, opts["init_sample"], compute_dtype
             )
         )
 
@@ -248,14 +261,15 @@ def _initial_centroids(
     k: int,
     seed: int,
     init_sample: int | None,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     if isinstance(init, torch.Tensor):
-        return transform(init)
+        return transform(init).to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
     m = min(n, init_sample or max(16 * k, 10_000))
     m = max(m, k)
     sample = uniform_sample(batches(), m, gen)
     if init == "random":
         pick = torch.randperm(sample.shape[0], generator=gen)[:k]
-        return sample[pick.to(sample.device)].clone()
-    return kmeans_plus_plus(sample, k, gen)
+        return sample[pick.to(sample.device)].to(torch.float64).clone()
+    return kmeans_plus_plus(sample, k, gen, dtype)

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 _SCORE_ELEMENTS = 1 << 24  # rows × k of one distance chunk (64 MiB in float32)
-_CANDIDATES = 256  # farthest points remembered per pass, to re-seed empty clusters
 
 
 class ActivationSource:
@@ -38,6 +37,7 @@ class ActivationSource:
     def __init__(self, acts: Any, batch_rows: int = 1 << 15) -> None:
         self._tensor: torch.Tensor | None = None
         self._factory: Callable[[], Iterable[torch.Tensor]]
+        self.in_memory = isinstance(acts, (torch.Tensor, list, tuple))
         if isinstance(acts, torch.Tensor):
             if acts.ndim < 2:
                 raise ValueError(
@@ -182,29 +182,53 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> 
 
 
 class _Pass:
-    """Accumulators of one Lloyd pass (float64)."""
+    """Accumulators of one Lloyd pass (float64): centroid sums and counts, inertia, and
+    each row's squared distance to its centroid (to re-seed empty clusters)."""
 
     def __init__(self, k: int, d: int, device: torch.device) -> None:
         self.sums = torch.zeros(k, d, dtype=torch.float64, device=device)
         self.counts = torch.zeros(k, dtype=torch.float64, device=device)
         self.inertia = torch.zeros((), dtype=torch.float64, device=device)
         self.labels: list[torch.Tensor] = []
-        self.far_d = torch.empty(0, dtype=torch.float64, device=device)
-        self.far_x = torch.empty(0, d, dtype=torch.float64, device=device)
+        self.dists: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor, centroids64: torch.Tensor, labels: torch.Tensor) -> None:
-        x64 = x.to(torch.float64)
-        dist = (x64 - centroids64[labels]).square().sum(1)
+        # float64 work in cache-sized row chunks (large float64 temporaries cost page faults)
+        step = sub_rows(x.shape[1], x.device)
+        dist = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        for s in range(0, x.shape[0], step):
+            x64 = x[s : s + step].to(torch.float64)
+            lab = labels[s : s + step]
+            diff = x64 - centroids64[lab]
+            dist[s : s + step] = torch.einsum("nd,nd->n", diff, diff)
+            self.sums.index_add_(0, lab, x64)
         self.inertia += dist.sum()
-        self.sums.index_add_(0, labels, x64)
         self.counts += torch.bincount(labels, minlength=self.counts.shape[0]).to(torch.float64)
         self.labels.append(labels.cpu())
-        m = min(_CANDIDATES, dist.shape[0])
-        top_d, top_i = dist.topk(m)
-        cand_d = torch.cat([self.far_d, top_d])
-        cand_x = torch.cat([self.far_x, x64[top_i]])
-        keep = cand_d.topk(min(_CANDIDATES, cand_d.shape[0])).indices
-        self.far_d, self.far_x = cand_d[keep], cand_x[keep]
+        self.dists.append(dist)
+
+    def farthest_rows(self, m: int) -> torch.Tensor:
+        """Global row numbers of the m rows farthest from their centroid, farthest first."""
+        d = torch.cat(self.dists)
+        return d.topk(min(m, d.shape[0])).indices.cpu()
+
+
+def gather_rows(batches: Iterator[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """The given global row numbers of a stream of batches, in the given order (float64)."""
+    want = {int(r): i for i, r in enumerate(rows)}
+    out: list[torch.Tensor | None] = [None] * len(want)
+    start = 0
+    for b in batches:
+        for r in range(start, start + b.shape[0]):
+            if r in want:
+                out[want[r]] = b[r - start].to(torch.float64)
+        start += b.shape[0]
+    return torch.stack([t for t in out if t is not None])
+
+
+def sub_rows(d: int, device: torch.device) -> int:
+    """Rows per float64 work chunk: ~256K elements on the CPU (fastest measured at 16K × 576), ~4M elsewhere."""
+    return max(1, (1 << 18 if device.type == "cpu" else 1 << 22) // max(d, 1))
 
 
 def lloyd(
@@ -234,8 +258,8 @@ def lloyd(
             acc.add(x, c64, assign(x.to(compute_dtype), c, sq))
         new = acc.sums / acc.counts.clamp(min=1)[:, None]
         empty = torch.nonzero(acc.counts == 0).flatten()
-        if len(empty):
-            donors = acc.far_x[: len(empty)]
+        if len(empty):  # rare: re-seed with the farthest rows (one more pass if streamed)
+            donors = gather_rows(batches(), acc.farthest_rows(len(empty))).to(new.device)
             new[empty[: len(donors)]] = donors
         labels = torch.cat(acc.labels)
         same = state.labels is not None and torch.equal(labels, state.labels)
@@ -255,25 +279,34 @@ def lloyd(
     return state, float(final.inertia), torch.cat(final.labels)
 
 
-def kmeans_plus_plus(sample: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on ``sample`` (float64 rows).
+def kmeans_plus_plus(
+    sample: torch.Tensor, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on ``sample`` rows.
 
     First centre uniform; each next one drawn with probability ∝ squared distance to the
-    nearest centre chosen so far. Deterministic for a generator state.
+    nearest centre chosen so far (distances by ‖s‖² − 2 s·c + ‖c‖², one matrix-vector
+    product per centre, in ``dtype``). Deterministic for a generator state.
     """
-    n = sample.shape[0]
+    s = sample.to(dtype)
+    n = s.shape[0]
+    sq = s.square().sum(1)
     idx = [int(torch.randint(n, (1,), generator=generator))]
-    d2 = (sample - sample[idx[0]]).square().sum(1)
+    d2 = (sq - 2 * (s @ s[idx[0]]) + sq[idx[0]]).clamp(min=0)
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[idx[0]] = True
     for _ in range(1, k):
-        total = float(d2.sum())
-        if total <= 0:  # fewer distinct points than k: fall back to unused rows
-            unused = [i for i in range(n) if i not in set(idx)]
-            idx.append(unused[0])
+        p = d2.to("cpu", torch.float64).clamp(min=0)
+        p[chosen] = 0
+        total = float(p.sum())
+        if total <= 0:  # fewer distinct points than k: take unused rows in order
+            nxt = int(torch.nonzero(~chosen)[0])
         else:
-            p = (d2 / total).cpu()
-            idx.append(int(torch.multinomial(p, 1, generator=generator)))
-        d2 = torch.minimum(d2, (sample - sample[idx[-1]]).square().sum(1))
-    return sample[idx].clone()
+            nxt = int(torch.multinomial(p / total, 1, generator=generator))
+        idx.append(nxt)
+        chosen[nxt] = True
+        d2 = torch.minimum(d2, (sq - 2 * (s @ s[nxt]) + sq[nxt]).clamp(min=0))
+    return sample[idx].to(torch.float64).clone()
 
 
 def uniform_sample(

