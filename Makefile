@@ -8,23 +8,36 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export SAE_FVU_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test lint pytest bench
+.PHONY: setup demo test lint pytest patches-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
 
+# The main job: the clustering-vs-FVU sweep on SmolLM2-135M + Jane Austen (offline).
 demo: setup
-	$(PY) -m sae_fvu_plugin.demo $(ARGS)
+	$(PY) -m sae_fvu_plugin.experiments.clustering_sweep $(ARGS)
 
 lint: setup
-	$(PY) -m ruff check sae_fvu_plugin tests benchmarks
-	$(PY) -m ruff format --check sae_fvu_plugin tests benchmarks
+	$(PY) -m ruff check sae_fvu_plugin tests benchmarks scripts patches/equivalence
+	$(PY) -m ruff format --check sae_fvu_plugin tests benchmarks scripts patches/equivalence
 	$(PY) -m mypy
 
 pytest: setup
 	$(PY) -m pytest $(ARGS)
 
-test: lint pytest
+# Apply patches/ to the pinned sae-bench and sae-lens releases (fetched from PyPI), run
+# the tests they add and the equivalence tests in a scratch environment.
+patches-check: setup
+	$(PY) scripts/patches.py check
 
-bench: setup
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+test: lint pytest patches-check
+
+bench-setup: setup
+	$(VENV)/bin/uv pip install -q --python $(PY) -c $(VENV)/constraints.txt faiss-cpu fast-pytorch-kmeans
+
+bench: bench-setup
+	$(PY) benchmarks/saebench_overhead.py
+	$(PY) benchmarks/kmeans.py
+
+schema: setup
+	$(PY) -c "import sae_fvu_plugin.saebench as s; print(s.write_schema())"

@@ -27,7 +27,11 @@ AUSTEN = "austen"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_VERSION = 1
 AUSTEN_NOVELS = (
-    "Emma", "Mansfield Park", "Northanger Abbey", "Persuasion", "Pride and Prejudice",
+    "Emma",
+    "Mansfield Park",
+    "Northanger Abbey",
+    "Persuasion",
+    "Pride and Prejudice",
     "Sense and Sensibility",
 )  # the order of the R lazy-load database
 
@@ -86,21 +90,39 @@ def _build_smollm2_cache(target: Path) -> None:
         hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF, dtype=torch.float32)
     c = hf.config
     kwargs = dict(
-        model_name="SmolLM2-135M-Instruct-Q4_1", original_architecture="LlamaForCausalLM",
-        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
-        n_key_value_heads=c.num_key_value_heads, d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers, n_ctx=1024, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-        rotary_dim=c.head_dim, rotary_adjacent_pairs=False,
-        rotary_base=float(c.rope_parameters["rope_theta"]), final_rms=True, gated_mlp=True,
-        init_weights=False, tokenizer_prepends_bos=False, default_prepend_bos=True,
+        model_name="SmolLM2-135M-Instruct-Q4_1",
+        original_architecture="LlamaForCausalLM",
+        d_model=c.hidden_size,
+        d_head=c.head_dim,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=1024,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=c.head_dim,
+        rotary_adjacent_pairs=False,
+        rotary_base=float(c.rope_parameters["rope_theta"]),
+        final_rms=True,
+        gated_mlp=True,
+        init_weights=False,
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=True,
         device="cpu",
     )
     cfg = HookedTransformerConfig(**kwargs)
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     model.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
-        center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False,
+        convert_llama_weights(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
     from safetensors.torch import save_file
 
@@ -129,8 +151,9 @@ def _load_smollm2_cache(folder: Path, device: str, n_ctx: int) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        model = HookedTransformer(HookedTransformerConfig(**kwargs), tokenizer=tok,
-                                  move_to_device=False)
+        model = HookedTransformer(
+            HookedTransformerConfig(**kwargs), tokenizer=tok, move_to_device=False
+        )
     state = load_file(folder / "model.safetensors")
     # rotary tables depend on n_ctx: keep the freshly built ones
     own = model.state_dict()

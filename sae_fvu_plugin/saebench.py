@@ -404,33 +404,53 @@ def run_core_eval(
         ignore_tokens = (
             set()
             if tok is None
-            else {t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None}
+            else {
+                t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None
+            }
         )
     n_rows = config.batch_size_prompts * max(
         config.n_eval_sparsity_variance_batches,
-        config.n_eval_reconstruction_batches if (config.compute_kl or config.compute_ce_loss) else 0,
+        config.n_eval_reconstruction_batches
+        if (config.compute_kl or config.compute_ce_loss)
+        else 0,
     )
     store = ActivationsStore.from_sae(
-        model, sae, dataset=dataset, context_size=config.context_size,
-        streaming=isinstance(dataset, str), store_batch_size_prompts=config.batch_size_prompts,
-        n_batches_in_buffer=2, train_batch_size_tokens=config.batch_size_prompts * config.context_size,
-        total_tokens=max(n_rows, 1) * config.context_size, device=device,
+        model,
+        sae,
+        dataset=dataset,
+        context_size=config.context_size,
+        streaming=isinstance(dataset, str),
+        store_batch_size_prompts=config.batch_size_prompts,
+        n_batches_in_buffer=2,
+        train_batch_size_tokens=config.batch_size_prompts * config.context_size,
+        total_tokens=max(n_rows, 1) * config.context_size,
+        device=device,
     )
     with enabled():
         metrics, feature_metrics = _core.run_evals(
             sae, store, model, config, ignore_tokens=ignore_tokens
         )
         result: dict[str, Any] = {
-            "eval_cfg": config, "metrics": metrics, "feature_metrics": feature_metrics,
-            "sae_set": sae_release, "sae_id": sae_id,
+            "eval_cfg": config,
+            "metrics": metrics,
+            "feature_metrics": feature_metrics,
+            "sae_set": sae_release,
+            "sae_id": sae_id,
         }
         if out_json is not None:
-            if config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics:
+            if (
+                config.compute_featurewise_density_statistics
+                and config.compute_featurewise_weight_based_metrics
+            ):
                 metrics["misc_metrics"] = _core.calculate_misc_metrics(feature_metrics)
             Path(out_json).parent.mkdir(parents=True, exist_ok=True)
             _core.save_single_eval_result(
-                _core.replace_nans_with_negative_one(result), _core.get_eval_uuid(),
-                _core.get_sae_lens_version(), _core.get_sae_bench_version(), str(out_json), sae,
+                _core.replace_nans_with_negative_one(result),
+                _core.get_eval_uuid(),
+                _core.get_sae_lens_version(),
+                _core.get_sae_bench_version(),
+                str(out_json),
+                sae,
             )
     return result
 

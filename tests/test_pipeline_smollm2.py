@@ -15,8 +15,15 @@ from sae_fvu_plugin.data import AUSTEN_NOVELS, load_austen, load_model, split_co
 from sae_fvu_plugin.experiments.clustering_sweep import SweepConfig, run
 
 TOY = dict(
-    layers=[1, 3], fit_tokens=1500, eval_batches=2, batch_prompts=4, recon_batches=1,
-    ks=[8], d_sae=32, n_pca=[1, 4, 16], n_iter=4,
+    layers=[1, 3],
+    fit_tokens=1500,
+    eval_batches=2,
+    batch_prompts=4,
+    recon_batches=1,
+    ks=[8],
+    d_sae=32,
+    n_pca=[1, 4, 16],
+    n_iter=4,
 )
 
 
@@ -55,18 +62,31 @@ def test_table_invariants(sweep):
             assert math.isfinite(v) and v <= 1 + 1e-9, (r["layer"], d, v)
     for layer in cfg.layers:
         for src in ("real", "gaussian"):
-            pts = sorted((r for r in rows if r["layer"] == layer and r["source"] == src
-                          and not r["massive_excluded"] and r["n_pca"] > 0),
-                         key=lambda r: r["n_pca"])
+            pts = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["layer"] == layer
+                    and r["source"] == src
+                    and not r["massive_excluded"]
+                    and r["n_pca"] > 0
+                ),
+                key=lambda r: r["n_pca"],
+            )
             ev = [r["ev_fvu_a"] for r in pts]
             assert all(b >= a - 0.02 for a, b in zip(ev, ev[1:], strict=False)), (layer, src, ev)
     kmeans = [r for r in real if r["n_pca"] == 0]
     assert all(r["l0"] == 1.0 for r in kmeans)
-    for layer, m in summary["massive_tokens"].items():
+    for m in summary["massive_tokens"].values():
         assert 0 < m["top_variance_share"] < 1 and m["norm_max"] > m["norm_median"]
     out = cfg.out
-    for f in ("results.csv", "results.json", "ev_vs_npca.png", "fvu_a_vs_fvu_b.png",
-              "real_vs_gaussian.png"):
+    for f in (
+        "results.csv",
+        "results.json",
+        "ev_vs_npca.png",
+        "fvu_a_vs_fvu_b.png",
+        "real_vs_gaussian.png",
+    ):
         assert (pytest.importorskip("pathlib").Path(out) / f).is_file(), f
 
 
@@ -74,8 +94,14 @@ def test_held_out_tokens_disjoint(sweep, model):
     cfg, _ = sweep
     n_fit = -(-cfg.fit_tokens // (cfg.context_size - 1))
     n_eval = (cfg.eval_batches + cfg.recon_batches) * cfg.batch_prompts
-    split = split_contexts(cfg.dataset, model.tokenizer, context_size=cfg.context_size,
-                           n_fit=n_fit, n_eval=n_eval, seed=cfg.seed)
+    split = split_contexts(
+        cfg.dataset,
+        model.tokenizer,
+        context_size=cfg.context_size,
+        n_fit=n_fit,
+        n_eval=n_eval,
+        seed=cfg.seed,
+    )
     fit_rows = {tuple(r.tolist()) for r in split.fit}
     assert not fit_rows & {tuple(r.tolist()) for r in split.eval}
     assert not set(split.fit_index.tolist()) & set(split.eval_index.tolist())
@@ -87,22 +113,39 @@ def test_loop_fvu_a_equals_direct_computation(sweep, model):
     cfg, summary = sweep
     from pathlib import Path
 
-    row = next(r for r in summary["rows"] if r["source"] == "real" and r["layer"] == 3
-               and r["n_pca"] == 4 and not r["massive_excluded"])
+    row = next(
+        r
+        for r in summary["rows"]
+        if r["source"] == "real"
+        and r["layer"] == 3
+        and r["n_pca"] == 4
+        and not r["massive_excluded"]
+    )
     name = f"L3-real-pca_kmeans-k{row['n_clusters']}-p4"
     sae = load_clustering_sae(Path(cfg.out) / "saes" / name)
     n_fit = -(-cfg.fit_tokens // (cfg.context_size - 1))
     n_var = cfg.eval_batches * cfg.batch_prompts
     n_eval = n_var + cfg.recon_batches * cfg.batch_prompts
-    split = split_contexts(cfg.dataset, model.tokenizer, context_size=cfg.context_size,
-                           n_fit=n_fit, n_eval=n_eval, seed=cfg.seed)
+    split = split_contexts(
+        cfg.dataset,
+        model.tokenizer,
+        context_size=cfg.context_size,
+        n_fit=n_fit,
+        n_eval=n_eval,
+        seed=cfg.seed,
+    )
     tokens = split.eval[-n_var:]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[sae.cfg.hook_name],
-                                        stop_at_layer=4, prepend_bos=False)
+        _, cache = model.run_with_cache(
+            tokens, names_filter=[sae.cfg.hook_name], stop_at_layer=4, prepend_bos=False
+        )
         x = cache[sae.cfg.hook_name]
         x_hat = sae.decode(sae.encode(x))
-    special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
+    special = {
+        model.tokenizer.bos_token_id,
+        model.tokenizer.eos_token_id,
+        model.tokenizer.pad_token_id,
+    }
     keep = ~torch.isin(tokens, torch.tensor(sorted(t for t in special if t is not None)))
     xs = x[keep].double().numpy()
     rs = xs - x_hat[keep].double().numpy()
@@ -128,19 +171,49 @@ def test_rerun_reuses_everything(sweep):
 
 def test_clustering_cli_fit_and_eval(tmp_path, model):
     out = tmp_path / "km"
-    args = ["fit", "--hook", "blocks.1.hook_resid_post", "--tokens", "600", "--n-clusters", "8",
-            "--out", str(out), "--n-iter", "3", "--device", "cpu"]
+    args = [
+        "fit",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--tokens",
+        "600",
+        "--n-clusters",
+        "8",
+        "--out",
+        str(out),
+        "--n-iter",
+        "3",
+        "--device",
+        "cpu",
+    ]
     clustering_cli(args)
     with pytest.raises(SystemExit, match="--overwrite"):
         clustering_cli(args)
-    res = clustering_cli(["eval", str(out), "--eval-batches", "1", "--recon-batches", "1",
-                          "--batch-prompts", "2", "--device", "cpu"])
+    res = clustering_cli(
+        [
+            "eval",
+            str(out),
+            "--eval-batches",
+            "1",
+            "--recon-batches",
+            "1",
+            "--batch-prompts",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert res["metrics"]["sparsity"]["l0"] == 1.0
     saved = json.loads((out / "eval_results.json").read_text())
-    assert saved["eval_result_metrics"]["reconstruction_quality"]["explained_variance_definition"] == "fvu_a"
+    assert (
+        saved["eval_result_metrics"]["reconstruction_quality"]["explained_variance_definition"]
+        == "fvu_a"
+    )
     # an SAE fitted on another hook's width is refused with a clear error
     cfg = json.loads((out / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "blocks.1.mlp.hook_post"
     (out / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="d_in=576 but the hook 'blocks.1.mlp.hook_post' has width 1536"):
+    with pytest.raises(
+        ValueError, match="d_in=576 but the hook 'blocks.1.mlp.hook_post' has width 1536"
+    ):
         clustering_cli(["eval", str(out), "--eval-batches", "1", "--device", "cpu"])

@@ -44,15 +44,34 @@ def cmd_fit(a: argparse.Namespace) -> Path:
         raise SystemExit(f"{out} already holds a saved SAE; pass --overwrite to replace it.")
     model = load_model(a.model, device=a.device)
     n_fit = -(-a.tokens // (a.context_size - 1))
-    split = split_contexts(a.dataset, model.tokenizer, context_size=a.context_size,
-                           n_fit=n_fit, n_eval=0, seed=a.seed)
-    acts = collect_activations(model, split.dataset("fit"), a.hook, a.tokens,
-                               context_size=a.context_size, drop_first_position=True,
-                               device=a.device)
-    meta = dict(model_name=a.model, hook_name=a.hook, context_size=a.context_size,
-                dataset=a.dataset, prepend_bos=True, split_seed=a.seed, fit_contexts=n_fit)
-    common: dict[str, Any] = dict(n_iter=a.n_iter, seed=a.seed, device=a.device,
-                                  checkpoint=out.parent / f".{out.name}.ckpt", **meta)
+    split = split_contexts(
+        a.dataset, model.tokenizer, context_size=a.context_size, n_fit=n_fit, n_eval=0, seed=a.seed
+    )
+    acts = collect_activations(
+        model,
+        split.dataset("fit"),
+        a.hook,
+        a.tokens,
+        context_size=a.context_size,
+        drop_first_position=True,
+        device=a.device,
+    )
+    meta = dict(
+        model_name=a.model,
+        hook_name=a.hook,
+        context_size=a.context_size,
+        dataset=a.dataset,
+        prepend_bos=True,
+        split_seed=a.seed,
+        fit_contexts=n_fit,
+    )
+    common: dict[str, Any] = dict(
+        n_iter=a.n_iter,
+        seed=a.seed,
+        device=a.device,
+        checkpoint=out.parent / f".{out.name}.ckpt",
+        **meta,
+    )
     if a.n_pca:
         sae = fit_pca_kmeans(acts, a.n_clusters, a.n_pca, **common)
     else:
@@ -66,15 +85,21 @@ def cmd_fit(a: argparse.Namespace) -> Path:
     os.replace(tmp, out)
     Path(common["checkpoint"]).unlink(missing_ok=True)
     m = sae.cfg.metadata
-    print(f"saved {sae.cfg.architecture()} SAE to {out}: d_sae={sae.cfg.d_sae}, "
-          f"fit explained variance (fvu_a) {m.fit_explained_variance_fvu_a:.4f} on {m.n_tokens} tokens")
+    print(
+        f"saved {sae.cfg.architecture()} SAE to {out}: d_sae={sae.cfg.d_sae}, "
+        f"fit explained variance (fvu_a) {m.fit_explained_variance_fvu_a:.4f} on {m.n_tokens} tokens"
+    )
     return out
 
 
 def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
     from ..saebench import FVUCoreEvalConfig, run_core_eval
 
-    saved = json.loads((Path(a.sae) / "cfg.json").read_text()) if (Path(a.sae) / "cfg.json").is_file() else {}
+    saved = (
+        json.loads((Path(a.sae) / "cfg.json").read_text())
+        if (Path(a.sae) / "cfg.json").is_file()
+        else {}
+    )
     meta = saved.get("metadata", {})
     model_name = a.model or meta.get("model_name") or SMOLLM2
     dataset = a.dataset or meta.get("dataset") or AUSTEN
@@ -84,21 +109,42 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
     sae = load_clustering_sae(a.sae, device=a.device, expected_d_in=width)
     ctx = int(meta.get("context_size") or 128)
     n_rows = (a.eval_batches + a.recon_batches) * a.batch_prompts
-    split = split_contexts(dataset, model.tokenizer, context_size=ctx,
-                           n_fit=int(meta.get("fit_contexts", 0)), n_eval=n_rows,
-                           seed=int(meta.get("split_seed", 0)))
+    split = split_contexts(
+        dataset,
+        model.tokenizer,
+        context_size=ctx,
+        n_fit=int(meta.get("fit_contexts", 0)),
+        n_eval=n_rows,
+        seed=int(meta.get("split_seed", 0)),
+    )
     config = FVUCoreEvalConfig(
-        model_name=model_name, dataset=dataset, context_size=ctx,
-        batch_size_prompts=a.batch_prompts, n_eval_sparsity_variance_batches=a.eval_batches,
-        n_eval_reconstruction_batches=a.recon_batches, compute_kl=True, compute_ce_loss=True,
-        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
+        model_name=model_name,
+        dataset=dataset,
+        context_size=ctx,
+        batch_size_prompts=a.batch_prompts,
+        n_eval_sparsity_variance_batches=a.eval_batches,
+        n_eval_reconstruction_batches=a.recon_batches,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
         compute_featurewise_weight_based_metrics=True,
-        explained_variance_definition=a.definition, explained_variance_report=a.report,
+        explained_variance_definition=a.definition,
+        explained_variance_report=a.report,
     )
     out_json = Path(a.output_json or Path(a.sae) / "eval_results.json")
-    res = run_core_eval(sae, model, split.dataset("eval"), config, out_json=out_json,
-                        sae_release="clustering", sae_id=Path(a.sae).name, device=a.device)
+    res = run_core_eval(
+        sae,
+        model,
+        split.dataset("eval"),
+        config,
+        out_json=out_json,
+        sae_release="clustering",
+        sae_id=Path(a.sae).name,
+        device=a.device,
+    )
     rq = res["metrics"]["reconstruction_quality"]
     print(json.dumps(rq, indent=1))
     print(f"SAEBench result JSON: {out_json}")
@@ -106,8 +152,11 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sae_fvu_plugin.clustering", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m sae_fvu_plugin.clustering",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     f = sub.add_parser("fit", help="fit k-means / PCA + k-means on a hook's activations")

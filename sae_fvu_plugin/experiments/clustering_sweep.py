@@ -52,7 +52,7 @@ class SweepConfig:
     layers: list[int] = field(default_factory=lambda: [3, 15])
     context_size: int = 128
     fit_tokens: int = 16_384
-    eval_batches: int = 8
+    eval_batches: int = 6
     batch_prompts: int = 4
     recon_batches: int = 1
     ks: list[int] = field(default_factory=lambda: [16, 64, 256])
@@ -68,9 +68,14 @@ class SweepConfig:
     @classmethod
     def full(cls, **kw: Any) -> SweepConfig:
         """The seed's scale: 1M fit tokens, k up to 16384 (meant for a GPU)."""
-        base = dict(
-            fit_tokens=1_000_000, eval_batches=64, batch_prompts=16, recon_batches=8,
-            ks=[1024, 4096, 16384], d_sae=4096, n_iter=30,
+        base: dict[str, Any] = dict(
+            fit_tokens=1_000_000,
+            eval_batches=64,
+            batch_prompts=16,
+            recon_batches=8,
+            ks=[1024, 4096, 16384],
+            d_sae=4096,
+            n_iter=30,
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
         return cls(**(base | kw))
@@ -94,16 +99,20 @@ def _key(*parts: Any) -> str:
 
 
 def estimate_minutes(cfg: SweepConfig) -> float:
-    """Rough wall time on 2 CPU cores, from measured rates (fit ≈ 6e9 multiply-adds/s,
-    SmolLM2 ≈ 900 tokens/s to layer 15, ≈ 450 tokens/s through all 30 layers)."""
-    n_fits = len(cfg.fits()) * len(cfg.layers) * (2 if cfg.gaussian else 1)
-    fit_s = n_fits * (cfg.n_iter + 2) * cfg.fit_tokens * 576 * max(cfg.ks + [cfg.d_sae]) / 6e9 / 3
-    depth = max(cfg.layers) / 30
-    tok_s = 900 * 15 / 30 / max(depth, 0.05)
-    act_s = cfg.fit_tokens / tok_s
-    evals = len(cfg.fits()) * len(cfg.layers)
-    eval_s = evals * (2 * cfg.eval_tokens / tok_s + 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size / 450)
-    return (fit_s + act_s + eval_s + 20) / 60
+    """Rough wall time on 2 CPU cores, from rates measured on SmolLM2-135M: the forward
+    pass runs ≈ 200 tokens/s through all 30 layers (≈ 200·30/(L+1) stopping after layer L),
+    k-means ≈ 45e9 multiply-adds/s."""
+    fit_s = 0.0
+    for k, p in cfg.fits():
+        fit_s += (cfg.n_iter + 3) * cfg.fit_tokens * 576 * (k + p) * 2 / 45e9 + 0.5
+    fit_s *= len(cfg.layers) * (2 if cfg.gaussian else 1)
+    act_s = cfg.fit_tokens / (200 * 30 / (max(cfg.layers) + 1))
+    kl_s = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size / 200
+    eval_s = sum(
+        len(cfg.fits()) * (kl_s + 2 * cfg.eval_tokens / (200 * 30 / (layer + 1)))
+        for layer in cfg.layers
+    )
+    return (fit_s + act_s + eval_s + 15) / 60
 
 
 # ------------------------------------------------------------------------------ steps
@@ -141,7 +150,11 @@ def gaussian_like(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def fit_one(
-    acts: torch.Tensor, n_clusters: int, n_pca: int, cfg: SweepConfig, folder: Path,
+    acts: torch.Tensor,
+    n_clusters: int,
+    n_pca: int,
+    cfg: SweepConfig,
+    folder: Path,
     meta: dict[str, Any],
 ) -> ClusteringSAE:
     """Fit (or reuse the saved fit with the same key)."""
@@ -151,8 +164,13 @@ def fit_one(
         if saved.get("metadata", {}).get("fit_key") == fit_key:
             return load_clustering_sae(folder, device="cpu")
     common: dict[str, Any] = dict(
-        n_iter=cfg.n_iter, seed=cfg.seed, device=cfg.device, progress=False,
-        checkpoint=folder.parent / f".{folder.name}.ckpt", fit_key=fit_key, **meta,
+        n_iter=cfg.n_iter,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=False,
+        checkpoint=folder.parent / f".{folder.name}.ckpt",
+        fit_key=fit_key,
+        **meta,
     )
     if n_pca:
         sae = fit_pca_kmeans(acts, n_clusters, n_pca, **common)
@@ -173,24 +191,42 @@ def fit_one(
 
 
 def eval_real(
-    sae: ClusteringSAE, model: Any, dataset: Any, cfg: SweepConfig, exclude: float | None,
+    sae: ClusteringSAE,
+    model: Any,
+    dataset: Any,
+    cfg: SweepConfig,
+    exclude: float | None,
     out_json: Path | None,
 ) -> dict[str, Any]:
     from ..saebench import FVUCoreEvalConfig, run_core_eval
 
     full = out_json is not None
     config = FVUCoreEvalConfig(
-        model_name=cfg.model, dataset=cfg.dataset, context_size=cfg.context_size,
-        batch_size_prompts=cfg.batch_prompts, n_eval_sparsity_variance_batches=cfg.eval_batches,
-        n_eval_reconstruction_batches=cfg.recon_batches, compute_variance_metrics=True,
-        compute_sparsity_metrics=True, compute_l2_norms=full, compute_kl=full,
-        compute_ce_loss=full, compute_featurewise_density_statistics=full,
-        compute_featurewise_weight_based_metrics=full, explained_variance_report=["all"],
+        model_name=cfg.model,
+        dataset=cfg.dataset,
+        context_size=cfg.context_size,
+        batch_size_prompts=cfg.batch_prompts,
+        n_eval_sparsity_variance_batches=cfg.eval_batches,
+        n_eval_reconstruction_batches=cfg.recon_batches,
+        compute_variance_metrics=True,
+        compute_sparsity_metrics=True,
+        compute_l2_norms=full,
+        compute_kl=full,
+        compute_ce_loss=full,
+        compute_featurewise_density_statistics=full,
+        compute_featurewise_weight_based_metrics=full,
+        explained_variance_report=["all"],
         explained_variance_exclude_norm_above=exclude,
     )
     res = run_core_eval(
-        sae, model, dataset, config, out_json=out_json, sae_release="clustering_sweep",
-        sae_id=sae.cfg.metadata.get("name", "sae"), device=cfg.device,
+        sae,
+        model,
+        dataset,
+        config,
+        out_json=out_json,
+        sae_release="clustering_sweep",
+        sae_id=sae.cfg.metadata.get("name", "sae"),
+        device=cfg.device,
     )
     return res["metrics"]
 
@@ -249,8 +285,12 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
     n_var_ctx = cfg.eval_batches * cfg.batch_prompts
     n_eval_ctx = n_var_ctx + cfg.recon_batches * cfg.batch_prompts
     split = split_contexts(
-        cfg.dataset, model.tokenizer, context_size=cfg.context_size, n_fit=n_fit_ctx,
-        n_eval=n_eval_ctx, seed=cfg.seed,
+        cfg.dataset,
+        model.tokenizer,
+        context_size=cfg.context_size,
+        n_fit=n_fit_ctx,
+        n_eval=n_eval_ctx,
+        seed=cfg.seed,
     )
     assert not set(split.fit_index.tolist()) & set(split.eval_index.tolist())
     from datasets import Dataset
@@ -265,16 +305,27 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
         acts = torch.load(act_path, weights_only=True)
     else:
         acts = collect_activations(
-            model, split.dataset("fit"), hooks, cfg.fit_tokens, context_size=cfg.context_size,
-            batch_prompts=cfg.batch_prompts, drop_first_position=True, device=cfg.device,
+            model,
+            split.dataset("fit"),
+            hooks,
+            cfg.fit_tokens,
+            context_size=cfg.context_size,
+            batch_prompts=cfg.batch_prompts,
+            drop_first_position=True,
+            device=cfg.device,
             progress=progress,
         )
         act_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(acts, act_path)
 
     rows: list[dict[str, Any]] = []
-    massive: dict[str, Any] = {}
-    jobs = [(layer, src, k, p) for layer in cfg.layers for src in (["real", "gaussian"] if cfg.gaussian else ["real"]) for k, p in fits]
+    massive: dict[int, dict[str, float]] = {}
+    jobs = [
+        (layer, src, k, p)
+        for layer in cfg.layers
+        for src in (["real", "gaussian"] if cfg.gaussian else ["real"])
+        for k, p in fits
+    ]
     bar = tqdm(jobs, desc="fit + eval", unit="model", disable=not progress)
     gauss_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer, src, k, p in bar:
@@ -285,14 +336,22 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
         threshold = massive[layer]["threshold"]
         name = f"L{layer}-{src}-{'kmeans' if p == 0 else 'pca_kmeans'}-k{k}-p{p}"
         bar.set_postfix_str(name)
-        row_path = out / "rows" / f"{name}-{_key(data_key, cfg.n_iter, cfg.eval_batches, cfg.batch_prompts, cfg.recon_batches)}.json"
+        row_path = (
+            out
+            / "rows"
+            / f"{name}-{_key(data_key, cfg.n_iter, cfg.eval_batches, cfg.batch_prompts, cfg.recon_batches)}.json"
+        )
         if row_path.is_file():
             rows += json.loads(row_path.read_text())
             continue
         meta = dict(
-            model_name=cfg.model, hook_name=hook, context_size=cfg.context_size,
+            model_name=cfg.model,
+            hook_name=hook,
+            context_size=cfg.context_size,
             dataset=cfg.dataset if src == "real" else f"gaussian({cfg.dataset} moments)",
-            prepend_bos=True, name=name, data_key=data_key,
+            prepend_bos=True,
+            name=name,
+            data_key=data_key,
         )
         if src == "gaussian":
             if layer not in gauss_cache:
@@ -302,34 +361,52 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
                 )
             x_fit = gauss_cache[layer][0]
         sae = fit_one(x_fit, k, p, cfg, out / "saes" / name, meta)
-        base = dict(layer=layer, hook=hook, source=src, n_tokens=len(x_fit), n_clusters=k,
-                    n_pca=p, d_sae=k + p, fit_inertia=sae.cfg.metadata.inertia)
+        base = dict(
+            layer=layer,
+            hook=hook,
+            source=src,
+            n_tokens=len(x_fit),
+            n_clusters=k,
+            n_pca=p,
+            d_sae=k + p,
+            fit_inertia=sae.cfg.metadata.inertia,
+        )
         new_rows = []
         if src == "real":
             for excl in (None, threshold):
                 json_path = out / "results" / f"{name}_eval_results.json" if excl is None else None
                 ds = eval_ds if excl is None else variance_ds
                 metrics = eval_real(sae, model, ds, cfg, excl, json_path)
-                new_rows.append(base | row_from_metrics(metrics) | {
-                    "massive_excluded": excl is not None,
-                    "exclude_norm_above": excl,
-                    "n_eval_tokens": n_var_ctx * cfg.context_size,
-                })
+                new_rows.append(
+                    base
+                    | row_from_metrics(metrics)
+                    | {
+                        "massive_excluded": excl is not None,
+                        "exclude_norm_above": excl,
+                        "n_eval_tokens": n_var_ctx * cfg.context_size,
+                    }
+                )
         else:
             x_eval = gauss_cache[layer][1]
-            new_rows.append(base | eval_direct(sae, x_eval, cfg) | {
-                "massive_excluded": False, "exclude_norm_above": None,
-                "n_eval_tokens": len(x_eval),
-            })
+            new_rows.append(
+                base
+                | eval_direct(sae, x_eval, cfg)
+                | {
+                    "massive_excluded": False,
+                    "exclude_norm_above": None,
+                    "n_eval_tokens": len(x_eval),
+                }
+            )
         row_path.parent.mkdir(parents=True, exist_ok=True)
         row_path.write_text(json.dumps(new_rows))
         rows += new_rows
     bar.close()
 
-    summary = {
+    ratios = proportionality(rows)
+    summary: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "massive_tokens": {str(k): v for k, v in massive.items()},
-        "ratios_fvu_b_over_fvu_a": proportionality(rows),
+        "ratios_fvu_b_over_fvu_a": ratios,
         "rows": rows,
         "minutes": (time.time() - t0) / 60,
     }
@@ -337,14 +414,16 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
     write_csv(rows, out / "results.csv")
     print(format_massive(massive, cfg))
     print(format_table(rows))
-    print(format_ratios(summary["ratios_fvu_b_over_fvu_a"]))
+    print(format_ratios(ratios))
     try:
-        plots(rows, summary["ratios_fvu_b_over_fvu_a"], out)
+        plots(rows, ratios, out)
         print(f"[sweep] plots: {out}/ev_vs_npca.png, fvu_a_vs_fvu_b.png, real_vs_gaussian.png")
     except ImportError as err:  # matplotlib is an optional (demo) dependency
         print(f"[sweep] plots skipped: {err}")
-    print(f"[sweep] done in {summary['minutes']:.1f} min; results.csv, results.json, "
-          f"SAEBench result JSONs in {out}/results/")
+    print(
+        f"[sweep] done in {summary['minutes']:.1f} min; results.csv, results.json, "
+        f"SAEBench result JSONs in {out}/results/"
+    )
     return summary
 
 
@@ -353,8 +432,11 @@ def proportionality(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     tokens): r = Σ ab / Σ a², with R² of that fit."""
     out: dict[str, dict[str, float]] = {}
     for layer in sorted({r["layer"] for r in rows}):
-        pts = [(1 - r["ev_fvu_a"], 1 - r["ev_fvu_b"]) for r in rows
-               if r["layer"] == layer and r["source"] == "real" and not r["massive_excluded"]]
+        pts = [
+            (1 - r["ev_fvu_a"], 1 - r["ev_fvu_b"])
+            for r in rows
+            if r["layer"] == layer and r["source"] == "real" and not r["massive_excluded"]
+        ]
         if not pts:
             continue
         a = torch.tensor([p[0] for p in pts], dtype=torch.float64)
@@ -362,15 +444,31 @@ def proportionality(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         ratio = float((a * b).sum() / (a * a).sum())
         ss_res = float(((b - ratio * a) ** 2).sum())
         ss_tot = float(((b - b.mean()) ** 2).sum())
-        out[str(layer)] = {"ratio": ratio, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
-                           "n_models": len(pts)}
+        out[str(layer)] = {
+            "ratio": ratio,
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+            "n_models": len(pts),
+        }
     return out
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    cols = ["layer", "source", "massive_excluded", "n_tokens", "n_clusters", "n_pca", "d_sae",
-            *[f"ev_{d}" for d in DEFS], "excluded_tokens", "exclude_norm_above", "l0",
-            "kl_div_score", "ce_loss_score", "fit_inertia"]
+    cols = [
+        "layer",
+        "source",
+        "massive_excluded",
+        "n_tokens",
+        "n_clusters",
+        "n_pca",
+        "d_sae",
+        *[f"ev_{d}" for d in DEFS],
+        "excluded_tokens",
+        "exclude_norm_above",
+        "l0",
+        "kl_div_score",
+        "ce_loss_score",
+        "fit_inertia",
+    ]
     names = sorted({n for r in rows for n in r["ev_all"]})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -380,8 +478,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def format_massive(massive: dict[int, dict[str, float]], cfg: SweepConfig) -> str:
-    lines = [f"\nMassive activations (fit tokens): share of total variance carried by the top "
-             f"{cfg.massive_fraction:.1%} of tokens by norm"]
+    lines = [
+        f"\nMassive activations (fit tokens): share of total variance carried by the top "
+        f"{cfg.massive_fraction:.1%} of tokens by norm"
+    ]
     for layer, m in massive.items():
         lines.append(
             f"  layer {layer:>2}: top {m['top_tokens']} of {m['n_tokens']} tokens carry "
@@ -393,17 +493,41 @@ def format_massive(massive: dict[int, dict[str, float]], cfg: SweepConfig) -> st
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["layer", "data", "tokens", "n_tokens", "n_clusters", "n_pca", "fvu_a", "fvu_b",
-            "fvu_per_dim", "SAEBench 0.6.0"]
+    head = [
+        "layer",
+        "data",
+        "tokens",
+        "n_tokens",
+        "n_clusters",
+        "n_pca",
+        "fvu_a",
+        "fvu_b",
+        "fvu_per_dim",
+        "SAEBench 0.6.0",
+    ]
     lines = ["\nExplained variance (1 - FVU) on held-out tokens, SAEBench core eval + plugin"]
     table = [head]
-    for r in sorted(rows, key=lambda r: (r["layer"], r["source"] != "real", r["massive_excluded"],
-                                         r["n_pca"], r["n_clusters"])):
-        table.append([
-            str(r["layer"]), r["source"], "-massive" if r["massive_excluded"] else "all",
-            str(r["n_tokens"]), str(r["n_clusters"]), str(r["n_pca"]),
-            *(f"{r[f'ev_{d}']:.4f}" for d in DEFS),
-        ])
+    for r in sorted(
+        rows,
+        key=lambda r: (
+            r["layer"],
+            r["source"] != "real",
+            r["massive_excluded"],
+            r["n_pca"],
+            r["n_clusters"],
+        ),
+    ):
+        table.append(
+            [
+                str(r["layer"]),
+                r["source"],
+                f"-{r['excluded_tokens']} massive" if r["massive_excluded"] else "all",
+                str(r["n_tokens"]),
+                str(r["n_clusters"]),
+                str(r["n_pca"]),
+                *(f"{r[f'ev_{d}']:.4f}" for d in DEFS),
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table]
     return "\n".join(lines)
@@ -412,8 +536,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_ratios(ratios: dict[str, dict[str, float]]) -> str:
     lines = ["\nFVU_b ≈ r · FVU_a across all fitted models (real data, all tokens):"]
     for layer, v in ratios.items():
-        lines.append(f"  layer {layer}: r = {v['ratio']:.3f}, R² = {v['r2']:.3f} "
-                     f"({v['n_models']} models)")
+        lines.append(
+            f"  layer {layer}: r = {v['ratio']:.3f}, R² = {v['r2']:.3f} ({v['n_models']} models)"
+        )
     return "\n".join(lines)
 
 
@@ -427,7 +552,9 @@ def plots(rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: 
     real = [r for r in rows if r["source"] == "real" and not r["massive_excluded"]]
     fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
-        pts = sorted((r for r in real if r["layer"] == layer and r["n_pca"] > 0), key=lambda r: r["n_pca"])
+        pts = sorted(
+            (r for r in real if r["layer"] == layer and r["n_pca"] > 0), key=lambda r: r["n_pca"]
+        )
         for d in DEFS:
             ax.plot([r["n_pca"] for r in pts], [r[f"ev_{d}"] for r in pts], marker="o", label=d)
         ax.set_xscale("log")
@@ -461,8 +588,17 @@ def plots(rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: 
     fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         for src, style in (("real", "-o"), ("gaussian", "--s")):
-            pts = sorted((r for r in rows if r["layer"] == layer and r["source"] == src
-                          and not r["massive_excluded"] and r["n_pca"] > 0), key=lambda r: r["n_pca"])
+            pts = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["layer"] == layer
+                    and r["source"] == src
+                    and not r["massive_excluded"]
+                    and r["n_pca"] > 0
+                ),
+                key=lambda r: r["n_pca"],
+            )
             if pts:
                 ax.plot([r["n_pca"] for r in pts], [r["ev_fvu_a"] for r in pts], style, label=src)
         ax.set_xscale("log")
@@ -481,9 +617,15 @@ def plots(rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:
     d = SweepConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help="smollm2-135m (offline) or a TransformerLens name")
-    p.add_argument("--dataset", default=d.dataset, help="austen (offline) or a Hugging Face dataset")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", default=d.model, help="smollm2-135m (offline) or a TransformerLens name"
+    )
+    p.add_argument(
+        "--dataset", default=d.dataset, help="austen (offline) or a Hugging Face dataset"
+    )
     p.add_argument("--layers", type=int, nargs="+")
     p.add_argument("--context-size", type=int)
     p.add_argument("--fit-tokens", type=int)
@@ -498,12 +640,11 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
     p.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian baseline")
     p.add_argument("--out")
     p.add_argument("--device")
-    p.add_argument("--full", action="store_true", help="the seed's scale (1M tokens, k ≤ 16384; GPU)")
+    p.add_argument(
+        "--full", action="store_true", help="the seed's scale (1M tokens, k ≤ 16384; GPU)"
+    )
     a = p.parse_args(argv)
-    given = {
-        k: v for k, v in vars(a).items()
-        if v is not None and k not in ("full", "no_gaussian")
-    }
+    given = {k: v for k, v in vars(a).items() if v is not None and k not in ("full", "no_gaussian")}
     given["gaussian"] = not a.no_gaussian
     return SweepConfig.full(**given) if a.full else SweepConfig(**given)
 
