@@ -73,6 +73,7 @@ __all__ = [
     "enabled",
     "is_enabled",
     "main",
+    "core_eval_config",
     "output_json_schema",
     "run_core_eval",
 ]
@@ -376,6 +377,37 @@ def enabled(
 
 
 # ------------------------------------------------------------------- one SAE, end to end
+
+
+def core_eval_config(
+    *,
+    all_metrics: bool = True,
+    n_eval_batches: int = 8,
+    n_reconstruction_batches: int = 2,
+    batch_size_prompts: int = 8,
+    **fields: Any,
+) -> FVUCoreEvalConfig:
+    """An :class:`FVUCoreEvalConfig` with every metric on (what ``save_single_eval_result``
+    needs), or with ``all_metrics=False`` only variance and sparsity (no KL/CE passes).
+    ``fields`` sets any other field (``explained_variance_definition=...``)."""
+    flags = dict.fromkeys(
+        (
+            "compute_kl",
+            "compute_ce_loss",
+            "compute_l2_norms",
+            "compute_featurewise_density_statistics",
+            "compute_featurewise_weight_based_metrics",
+        ),
+        all_metrics,
+    )
+    return FVUCoreEvalConfig(
+        batch_size_prompts=batch_size_prompts,
+        n_eval_sparsity_variance_batches=n_eval_batches,
+        n_eval_reconstruction_batches=n_reconstruction_batches,
+        compute_variance_metrics=True,
+        compute_sparsity_metrics=True,
+        **(flags | fields),
+    )
 
 
 def run_core_eval(

@@ -93,7 +93,7 @@ def cmd_fit(a: argparse.Namespace) -> Path:
 
 
 def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
-    from ..saebench import FVUCoreEvalConfig, run_core_eval
+    from ..saebench import core_eval_config, run_core_eval
 
     saved = (
         json.loads((Path(a.sae) / "cfg.json").read_text())
@@ -117,20 +117,13 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
         n_eval=n_rows,
         seed=int(meta.get("split_seed", 0)),
     )
-    config = FVUCoreEvalConfig(
+    config = core_eval_config(
+        n_eval_batches=a.eval_batches,
+        n_reconstruction_batches=a.recon_batches,
+        batch_size_prompts=a.batch_prompts,
         model_name=model_name,
         dataset=dataset,
         context_size=ctx,
-        batch_size_prompts=a.batch_prompts,
-        n_eval_sparsity_variance_batches=a.eval_batches,
-        n_eval_reconstruction_batches=a.recon_batches,
-        compute_kl=True,
-        compute_ce_loss=True,
-        compute_l2_norms=True,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True,
-        compute_featurewise_weight_based_metrics=True,
         explained_variance_definition=a.definition,
         explained_variance_report=a.report,
     )

@@ -248,14 +248,18 @@ def lloyd(
     Batches must already be centred and on ``device``. Empty clusters are re-seeded with
     the farthest points of the pass (farthest first), deterministically.
     """
-    k, d = state.centroids.shape
-    while state.iteration < n_iter and not state.converged:
-        c64 = state.centroids
+
+    def one_pass(c64: torch.Tensor) -> _Pass:
         c = c64.to(compute_dtype)
         sq = c.square().sum(1)
-        acc = _Pass(k, d, device)
+        acc = _Pass(c64.shape[0], c64.shape[1], device)
         for x in batches():
             acc.add(x, c64, assign(x.to(compute_dtype), c, sq))
+        return acc
+
+    while state.iteration < n_iter and not state.converged:
+        c64 = state.centroids
+        acc = one_pass(c64)
         new = acc.sums / acc.counts.clamp(min=1)[:, None]
         empty = torch.nonzero(acc.counts == 0).flatten()
         if len(empty):  # rare: re-seed with the farthest rows (one more pass if streamed)
@@ -270,12 +274,7 @@ def lloyd(
         state.converged = bool(same) or shift <= tol
         if on_iteration is not None:
             on_iteration(state)
-    c64 = state.centroids
-    c = c64.to(compute_dtype)
-    sq = c.square().sum(1)
-    final = _Pass(k, d, device)
-    for x in batches():
-        final.add(x, c64, assign(x.to(compute_dtype), c, sq))
+    final = one_pass(state.centroids)
     return state, float(final.inertia), torch.cat(final.labels)
 
 

@@ -52,7 +52,7 @@ class SweepConfig:
     layers: list[int] = field(default_factory=lambda: [3, 15])
     context_size: int = 128
     fit_tokens: int = 16_384
-    eval_batches: int = 6
+    eval_batches: int = 8
     batch_prompts: int = 4
     recon_batches: int = 1
     ks: list[int] = field(default_factory=lambda: [16, 64, 256])
@@ -198,23 +198,16 @@ def eval_real(
     exclude: float | None,
     out_json: Path | None,
 ) -> dict[str, Any]:
-    from ..saebench import FVUCoreEvalConfig, run_core_eval
+    from ..saebench import core_eval_config, run_core_eval
 
-    full = out_json is not None
-    config = FVUCoreEvalConfig(
+    config = core_eval_config(
+        all_metrics=out_json is not None,
+        n_eval_batches=cfg.eval_batches,
+        n_reconstruction_batches=cfg.recon_batches,
+        batch_size_prompts=cfg.batch_prompts,
         model_name=cfg.model,
         dataset=cfg.dataset,
         context_size=cfg.context_size,
-        batch_size_prompts=cfg.batch_prompts,
-        n_eval_sparsity_variance_batches=cfg.eval_batches,
-        n_eval_reconstruction_batches=cfg.recon_batches,
-        compute_variance_metrics=True,
-        compute_sparsity_metrics=True,
-        compute_l2_norms=full,
-        compute_kl=full,
-        compute_ce_loss=full,
-        compute_featurewise_density_statistics=full,
-        compute_featurewise_weight_based_metrics=full,
         explained_variance_report=["all"],
         explained_variance_exclude_norm_above=exclude,
     )
@@ -550,22 +543,55 @@ def plots(rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: 
 
     layers = sorted({r["layer"] for r in rows})
     real = [r for r in rows if r["source"] == "real" and not r["massive_excluded"]]
-    fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        pts = sorted(
-            (r for r in real if r["layer"] == layer and r["n_pca"] > 0), key=lambda r: r["n_pca"]
+
+    def pca_curve(layer: int, source: str) -> list[dict[str, Any]]:
+        pts = (
+            r
+            for r in rows
+            if r["layer"] == layer
+            and r["source"] == source
+            and not r["massive_excluded"]
+            and r["n_pca"] > 0
         )
+        return sorted(pts, key=lambda r: r["n_pca"])
+
+    def per_layer(name: str, title: str, ylabel: str, draw: Any) -> None:
+        fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
+        for ax, layer in zip(axes[0], layers, strict=True):
+            draw(ax, layer)
+            ax.set_xscale("log")
+            ax.set_title(title.format(layer=layer))
+            ax.set_xlabel("n_pca")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+    def by_definition(ax: Any, layer: int) -> None:
+        pts = pca_curve(layer, "real")
         for d in DEFS:
             ax.plot([r["n_pca"] for r in pts], [r[f"ev_{d}"] for r in pts], marker="o", label=d)
-        ax.set_xscale("log")
-        ax.set_title(f"layer {layer}: PCA + k-means, d_sae fixed")
-        ax.set_xlabel("n_pca")
-        ax.set_ylabel("explained variance")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ev_vs_npca.png", dpi=120)
-    plt.close(fig)
+
+    def real_vs_gaussian(ax: Any, layer: int) -> None:
+        for src, style in (("real", "-o"), ("gaussian", "--s")):
+            pts = pca_curve(layer, src)
+            if pts:
+                ax.plot([r["n_pca"] for r in pts], [r["ev_fvu_a"] for r in pts], style, label=src)
+
+    per_layer(
+        "ev_vs_npca.png",
+        "layer {layer}: PCA + k-means, d_sae fixed",
+        "explained variance",
+        by_definition,
+    )
+    per_layer(
+        "real_vs_gaussian.png",
+        "layer {layer}: fvu_a, real vs Gaussian baseline",
+        "explained variance (fvu_a)",
+        real_vs_gaussian,
+    )
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for layer in layers:
@@ -583,32 +609,6 @@ def plots(rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "fvu_a_vs_fvu_b.png", dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        for src, style in (("real", "-o"), ("gaussian", "--s")):
-            pts = sorted(
-                (
-                    r
-                    for r in rows
-                    if r["layer"] == layer
-                    and r["source"] == src
-                    and not r["massive_excluded"]
-                    and r["n_pca"] > 0
-                ),
-                key=lambda r: r["n_pca"],
-            )
-            if pts:
-                ax.plot([r["n_pca"] for r in pts], [r["ev_fvu_a"] for r in pts], style, label=src)
-        ax.set_xscale("log")
-        ax.set_title(f"layer {layer}: fvu_a, real vs Gaussian baseline")
-        ax.set_xlabel("n_pca")
-        ax.set_ylabel("explained variance (fvu_a)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "real_vs_gaussian.png", dpi=120)
     plt.close(fig)
 
 
