@@ -86,15 +86,15 @@ class FVUAccumulator:
         with no unmasked token is skipped (it is not counted as a batch). NaN/inf raises
         ``ValueError`` and leaves the state unchanged.
         """
-        xs, hs = check_pair(x, x_hat, mask)
+        xs, hs, keep = check_pair(x, x_hat, mask)
         if self._state is not None and xs.shape[1] != self._state.d:
             raise ValueError(
                 f"x has width d={xs.shape[1]} but this accumulator holds d={self._state.d}; "
                 "use one accumulator per hook (or call reset())."
             )
-        if xs.shape[0] == 0:
+        if xs.shape[0] == 0 or (keep is not None and not bool(keep.any())):
             return
-        part = batch_state(xs, hs, self.keys)
+        part = batch_state(xs, hs, self.keys, keep=keep)
         self._state = part if self._state is None else merge_states(self._state, part)
 
     def merge(self, other: FVUAccumulator) -> FVUAccumulator:

@@ -15,11 +15,12 @@ from .stats import FVUState, batch_state, compute_fvu, merge_states, ratio_key
 
 def check_pair(
     x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate (x, x̂, mask) and return the unmasked tokens as two (N, d) tensors.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate (x, x̂, mask); return x and x̂ as (N, d) and the flat keep-mask (or None).
 
     Any leading dims are flattened; the last dim is d. ``x_hat`` is moved to ``x``'s device.
-    ``mask`` (bool, shape ``x.shape[:-1]``) keeps the tokens where it is True.
+    ``mask`` (bool, shape ``x.shape[:-1]``) keeps the tokens where it is True; it is not
+    applied here, so callers can apply it chunk by chunk without copying the batch.
     """
     for name, t in (("x", x), ("x_hat", x_hat)):
         if not isinstance(t, torch.Tensor):
@@ -42,7 +43,7 @@ def check_pair(
     xs = x.reshape(-1, d)
     hs = x_hat.reshape(-1, d).to(x.device)
     if mask is None:
-        return xs, hs
+        return xs, hs, None
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(
             f"mask must be a bool tensor (True = keep the token), got "
@@ -53,8 +54,7 @@ def check_pair(
             f"mask has shape {tuple(mask.shape)}; expected x.shape[:-1] = "
             f"{tuple(x.shape[:-1])} (one flag per token)."
         )
-    keep = mask.reshape(-1).to(x.device)
-    return xs[keep], hs[keep]
+    return xs, hs, mask.reshape(-1).to(x.device)
 
 
 def _split_batches(
@@ -97,7 +97,9 @@ def fvu_state(
 ) -> FVUState:
     """Merged statistics of all batches for ``definitions`` (two passes where one is not
     enough: per-token / per-batch ratios around the global mean)."""
-    xs, hs = check_pair(x, x_hat, mask)
+    xs, hs, keep = check_pair(x, x_hat, mask)
+    if keep is not None:
+        xs, hs = xs[keep], hs[keep]
     if batch_ids is None:
         batches = [(xs, hs)]
     else:

@@ -143,8 +143,10 @@ def batch_state(
     keys: Iterable[str] = (),
     *,
     centers: tuple[torch.Tensor, torch.Tensor] | None = None,
+    keep: torch.Tensor | None = None,
 ) -> FVUState:
-    """Statistics of one eval batch: ``x``, ``x_hat`` of shape (N, d), already masked.
+    """Statistics of one eval batch: ``x``, ``x_hat`` of shape (N, d); ``keep`` (bool, N)
+    selects the evaluated tokens (applied chunk by chunk, no copy of the batch).
 
     Work happens on ``x``'s device in float64, in two passes (mean first, then centred
     squares) over row chunks (64K elements on the CPU, 4M elsewhere); a batch that fits one chunk is
@@ -152,7 +154,9 @@ def batch_state(
     batch means used for the per-token / per-batch ratio terms (the second pass of a
     global-centred definition). Raises ``ValueError`` if any value is NaN or infinite.
     """
-    n, d = x.shape
+    d = x.shape[1]
+    rows = None if keep is None else keep.nonzero().squeeze(1)  # kept row numbers
+    n = x.shape[0] if rows is None else rows.shape[0]
     keys = list(keys)
     state = FVUState.empty(d, keys)
     if n == 0:
@@ -165,8 +169,12 @@ def batch_state(
     def chunk(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         if held is not None:
             return held
-        xs = x[sl].to(f64)
-        return xs, xs - x_hat[sl]  # x_hat is promoted to float64 exactly, inside the kernel
+        if rows is None:
+            xc, hc = x[sl], x_hat[sl]
+        else:  # gather the kept rows of this chunk only (no copy of the whole batch)
+            xc, hc = x.index_select(0, rows[sl]), x_hat.index_select(0, rows[sl])
+        xs = xc.to(f64)
+        return xs, xs - hc  # x_hat is promoted to float64 exactly, inside the kernel
 
     sum_x = torch.zeros(d, dtype=f64, device=dev)
     sum_r = torch.zeros(d, dtype=f64, device=dev)
@@ -210,11 +218,12 @@ def batch_state(
     state.mean_r, state.m2_r = mean_r.cpu(), m2_r.cpu()
     state.batch_m2_x, state.batch_m2_r = state.m2_x.clone(), state.m2_r.clone()
     if not (torch.isfinite(state.mean_x).all() and torch.isfinite(state.mean_r).all()):
-        bad_x = int((~torch.isfinite(x)).sum())
-        bad_h = int((~torch.isfinite(x_hat)).sum())
+        xk, hk = (x, x_hat) if keep is None else (x[keep], x_hat[keep])
+        bad_x = int((~torch.isfinite(xk)).sum())
+        bad_h = int((~torch.isfinite(hk)).sum())
         raise ValueError(
             f"Non-finite values in the evaluated tokens: {bad_x} NaN/inf entries in x and "
-            f"{bad_h} in x_hat (shape {tuple(x.shape)}). FVU is undefined there; drop those "
+            f"{bad_h} in x_hat ({n} tokens of width {d}). FVU is undefined there; drop those "
             "tokens with mask=... or fix the activations upstream. Nothing was accumulated."
         )
     for k, v in tok.items():
