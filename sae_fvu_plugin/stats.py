@@ -127,12 +127,12 @@ class _RowTerms:
         if key not in self._cache:
             v = self.xs if which == "x" else self.rs
             if not centred:
-                out = torch.einsum("nd,nd->n", v, v)
+                out = v.square().sum(1)
             elif self.centers is None:
                 out = (self.xc_sq if which == "x" else self.rc_sq).sum(1)
             else:
                 c = v - self.centers[0 if which == "x" else 1]
-                out = torch.einsum("nd,nd->n", c, c)
+                out = c.square_().sum(1)
             self._cache[key] = out
         return self._cache[key]
 

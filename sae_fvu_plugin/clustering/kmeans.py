@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-_SCORE_ELEMENTS = 1 << 24  # rows × k of one distance chunk (64 MiB in float32)
+_SCORE_ELEMENTS = 1 << 22  # rows × k of one distance chunk (16 MiB in float32)
 
 
 class ActivationSource:
@@ -94,7 +94,8 @@ class DataStats:
 
 
 def data_stats(source: ActivationSource, device: torch.device, scatter: bool = False) -> DataStats:
-    """One pass: count, mean, M2 (and Σ (x−μ)(x−μ)ᵀ for PCA); checks every value is finite."""
+    """One pass: count, mean, M2 (and Σ (x−μ)(x−μ)ᵀ for PCA), float64, Chan-merged over
+    cache-sized row chunks; checks every value is finite."""
     n = 0
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
@@ -105,29 +106,31 @@ def data_stats(source: ActivationSource, device: torch.device, scatter: bool = F
             source.d = b.shape[1]
         if b.shape[0] == 0:
             continue
-        x = b.to(device, torch.float64)
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise ValueError(
-                f"activation batch {i} has {bad} NaN/inf values (shape {tuple(b.shape)}); "
-                "k-means needs finite activations. Drop those tokens or fix the model/hook."
-            )
-        nb = x.shape[0]
-        mb = x.mean(0)
-        xc = x - mb
-        m2b = xc.square().sum(0)
-        cb = xc.T @ xc if scatter else None
-        digest.update(f"{tuple(b.shape)}:{float(mb.sum()):.17g}".encode())
-        if mean is None or m2 is None:
-            n, mean, m2, cov = nb, mb, m2b, cb
-            continue
-        tot = n + nb
-        delta = mb - mean
-        mean = mean + delta * (nb / tot)
-        m2 = m2 + m2b + delta.square() * (n * nb / tot)
-        if cov is not None and cb is not None:
-            cov = cov + cb + torch.outer(delta, delta) * (n * nb / tot)
-        n = tot
+        step = sub_rows(b.shape[1], device)
+        for s in range(0, b.shape[0], step):
+            x = b[s : s + step].to(device, torch.float64)
+            nb = x.shape[0]
+            mb = x.mean(0)
+            if not bool(torch.isfinite(mb).all()):  # NaN/inf anywhere propagates to the mean
+                bad = int((~torch.isfinite(b)).sum())
+                raise ValueError(
+                    f"activation batch {i} has {bad} NaN/inf values (shape {tuple(b.shape)}); "
+                    "k-means needs finite activations. Drop those tokens or fix the model/hook."
+                )
+            xc = x - mb
+            m2b = (xc * xc).sum(0)
+            cb = xc.T @ xc if scatter else None
+            digest.update(f"{nb}:{float(mb.sum()):.17g}".encode())
+            if mean is None or m2 is None:
+                n, mean, m2, cov = nb, mb, m2b, cb
+                continue
+            tot = n + nb
+            delta = mb - mean
+            mean = mean + delta * (nb / tot)
+            m2 = m2 + m2b + delta.square() * (n * nb / tot)
+            if cov is not None and cb is not None:
+                cov = cov + cb + torch.outer(delta, delta) * (n * nb / tot)
+            n = tot
     if mean is None or m2 is None or n == 0:
         raise ValueError("No activations: the source yielded no rows.")
     source.n = n
@@ -182,35 +185,68 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> 
 
 
 class _Pass:
-    """Accumulators of one Lloyd pass (float64): centroid sums and counts, inertia, and
-    each row's squared distance to its centroid (to re-seed empty clusters)."""
+    """One Lloyd pass over the data, in chunks of rows: nearest centroid by one matmul per
+    chunk; per-chunk centroid sums (in the compute dtype, ≤ 2²²/k rows each) accumulated
+    in float64; counts; labels; each row's squared distance from the same expansion
+    (‖x‖² + min_k(‖c_k‖² − 2 x·c_k), used for the per-iteration inertia and to re-seed
+    empty clusters). ``exact=True`` recomputes distances as ‖x − c‖² in float64 (the
+    reported inertia) and accumulates sums in float64 row by row."""
 
-    def __init__(self, k: int, d: int, device: torch.device) -> None:
-        self.sums = torch.zeros(k, d, dtype=torch.float64, device=device)
-        self.counts = torch.zeros(k, dtype=torch.float64, device=device)
-        self.inertia = torch.zeros((), dtype=torch.float64, device=device)
+    def __init__(self, centroids64: torch.Tensor, dtype: torch.dtype, exact: bool) -> None:
+        k, d = centroids64.shape
+        dev = centroids64.device
+        self.c64 = centroids64
+        self.c = centroids64.to(dtype)
+        self.sq = self.c.square().sum(1)
+        self.exact = exact or dtype == torch.float64
+        self.sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        self.part = torch.zeros(k, d, dtype=dtype, device=dev)
+        self.counts = torch.zeros(k, dtype=torch.float64, device=dev)
+        self.inertia = torch.zeros((), dtype=torch.float64, device=dev)
         self.labels: list[torch.Tensor] = []
         self.dists: list[torch.Tensor] = []
 
-    def add(self, x: torch.Tensor, centroids64: torch.Tensor, labels: torch.Tensor) -> None:
-        # float64 work in cache-sized row chunks (large float64 temporaries cost page faults)
-        step = sub_rows(x.shape[1], x.device)
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to(self.c.dtype)
+        k = self.c.shape[0]
+        step = _chunk_rows(k)
+        labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
         dist = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
         for s in range(0, x.shape[0], step):
-            x64 = x[s : s + step].to(torch.float64)
-            lab = labels[s : s + step]
-            diff = x64 - centroids64[lab]
-            dist[s : s + step] = torch.einsum("nd,nd->n", diff, diff)
-            self.sums.index_add_(0, lab, x64)
+            xs = x[s : s + step]
+            scores = torch.addmm(self.sq, xs, self.c.T, beta=1, alpha=-2)
+            best, lab = scores.min(1)
+            labels[s : s + step] = lab
+            if self.exact:
+                self._add_exact(xs, lab, dist[s : s + step])
+            else:
+                dist[s : s + step] = (best + xs.square().sum(1)).clamp(min=0)
+                self.part.zero_()
+                self.part.index_add_(0, lab, xs)
+                self.sums += self.part
         self.inertia += dist.sum()
-        self.counts += torch.bincount(labels, minlength=self.counts.shape[0]).to(torch.float64)
+        self.counts += torch.bincount(labels, minlength=k).to(torch.float64)
         self.labels.append(labels.cpu())
         self.dists.append(dist)
+
+    def _add_exact(self, xs: torch.Tensor, lab: torch.Tensor, out: torch.Tensor) -> None:
+        step = sub_rows(xs.shape[1], xs.device)
+        for s in range(0, xs.shape[0], step):
+            x64 = xs[s : s + step].to(torch.float64)
+            lb = lab[s : s + step]
+            diff = x64 - self.c64[lb]
+            out[s : s + step] = diff.square_().sum(1)
+            self.sums.index_add_(0, lb, x64)
 
     def farthest_rows(self, m: int) -> torch.Tensor:
         """Global row numbers of the m rows farthest from their centroid, farthest first."""
         d = torch.cat(self.dists)
         return d.topk(min(m, d.shape[0])).indices.cpu()
+
+
+def sub_rows(d: int, device: torch.device) -> int:
+    """Rows per float64 work chunk: ~256K elements on the CPU (fastest measured at 16K × 576), ~4M elsewhere."""
+    return max(1, (1 << 18 if device.type == "cpu" else 1 << 22) // max(d, 1))
 
 
 def gather_rows(batches: Iterator[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -224,11 +260,6 @@ def gather_rows(batches: Iterator[torch.Tensor], rows: torch.Tensor) -> torch.Te
                 out[want[r]] = b[r - start].to(torch.float64)
         start += b.shape[0]
     return torch.stack([t for t in out if t is not None])
-
-
-def sub_rows(d: int, device: torch.device) -> int:
-    """Rows per float64 work chunk: ~256K elements on the CPU (fastest measured at 16K × 576), ~4M elsewhere."""
-    return max(1, (1 << 18 if device.type == "cpu" else 1 << 22) // max(d, 1))
 
 
 def lloyd(
@@ -246,20 +277,20 @@ def lloyd(
     assignment pass with the final centroids. Returns (state, inertia, labels).
 
     Batches must already be centred and on ``device``. Empty clusters are re-seeded with
-    the farthest points of the pass (farthest first), deterministically.
+    the farthest points of the pass (farthest first), deterministically. ``state.history``
+    holds each iteration's inertia from the matmul expansion; the returned final inertia
+    is exact (float64 distances).
     """
 
-    def one_pass(c64: torch.Tensor) -> _Pass:
-        c = c64.to(compute_dtype)
-        sq = c.square().sum(1)
-        acc = _Pass(c64.shape[0], c64.shape[1], device)
+    def one_pass(c64: torch.Tensor, exact: bool) -> _Pass:
+        acc = _Pass(c64, compute_dtype, exact)
         for x in batches():
-            acc.add(x, c64, assign(x.to(compute_dtype), c, sq))
+            acc.add(x)
         return acc
 
     while state.iteration < n_iter and not state.converged:
         c64 = state.centroids
-        acc = one_pass(c64)
+        acc = one_pass(c64, exact=False)
         new = acc.sums / acc.counts.clamp(min=1)[:, None]
         empty = torch.nonzero(acc.counts == 0).flatten()
         if len(empty):  # rare: re-seed with the farthest rows (one more pass if streamed)
@@ -274,7 +305,7 @@ def lloyd(
         state.converged = bool(same) or shift <= tol
         if on_iteration is not None:
             on_iteration(state)
-    final = one_pass(state.centroids)
+    final = one_pass(state.centroids, exact=True)
     return state, float(final.inertia), torch.cat(final.labels)
 
 
