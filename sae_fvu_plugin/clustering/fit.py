@@ -234,6 +234,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
         init=init_key,
         empty_clusters=int((counts == 0).sum()),
         inertia_history=state.history,
+        iteration_seconds=[round(t, 4) for t in state.seconds],
     )
     if pca is not None:
         meta["pca_explained_variance_ratio"] = pca.explained_variance_ratio.tolist()

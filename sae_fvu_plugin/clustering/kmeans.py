@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,7 @@ class LloydState:
     iteration: int = 0
     labels: torch.Tensor | None = None  # int64 (n,), labels of the last pass
     history: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # wall time of each iteration
     converged: bool = False
 
 
@@ -186,61 +188,69 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> 
 
 class _Pass:
     """One Lloyd pass over the data, in chunks of rows: nearest centroid by one matmul per
-    chunk; per-chunk centroid sums (in the compute dtype, ≤ 2²²/k rows each) accumulated
-    in float64; counts; labels; each row's squared distance from the same expansion
-    (‖x‖² + min_k(‖c_k‖² − 2 x·c_k), used for the per-iteration inertia and to re-seed
-    empty clusters). ``exact=True`` recomputes distances as ‖x − c‖² in float64 (the
-    reported inertia) and accumulates sums in float64 row by row."""
+    chunk (argmin of ‖c_k‖² − 2 x·c_k); the batch's centroid sums in the compute dtype,
+    accumulated in float64 across batches; counts; labels. Its inertia is
+    Σ‖x‖² + Σ_n min_k(‖c_k‖² − 2 x_n·c_k) (Σ‖x‖² measured once, ``row_sq``).
+    ``exact=True`` (the final pass) computes ‖x − c‖² and the sums in float64."""
 
-    def __init__(self, centroids64: torch.Tensor, dtype: torch.dtype, exact: bool) -> None:
+    def __init__(
+        self, centroids64: torch.Tensor, dtype: torch.dtype, exact: bool, row_sq: bool
+    ) -> None:
         k, d = centroids64.shape
         dev = centroids64.device
         self.c64 = centroids64
         self.c = centroids64.to(dtype)
         self.sq = self.c.square().sum(1)
         self.exact = exact or dtype == torch.float64
+        self.row_sq = row_sq
         self.sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
         self.part = torch.zeros(k, d, dtype=dtype, device=dev)
         self.counts = torch.zeros(k, dtype=torch.float64, device=dev)
-        self.inertia = torch.zeros((), dtype=torch.float64, device=dev)
+        self.exact_inertia = torch.zeros((), dtype=torch.float64, device=dev)
+        self.best_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        self.sq_sum = torch.zeros((), dtype=torch.float64, device=dev)
         self.labels: list[torch.Tensor] = []
-        self.dists: list[torch.Tensor] = []
+        self.best: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor) -> None:
         x = x.to(self.c.dtype)
         k = self.c.shape[0]
         step = _chunk_rows(k)
         labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-        dist = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        best_all = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
         for s in range(0, x.shape[0], step):
             xs = x[s : s + step]
             scores = torch.addmm(self.sq, xs, self.c.T, beta=1, alpha=-2)
             best, lab = scores.min(1)
             labels[s : s + step] = lab
+            best_all[s : s + step] = best
             if self.exact:
-                self._add_exact(xs, lab, dist[s : s + step])
+                self._add_exact(xs, lab)
             else:
-                dist[s : s + step] = (best + xs.square().sum(1)).clamp(min=0)
-                self.part.zero_()
                 self.part.index_add_(0, lab, xs)
-                self.sums += self.part
-        self.inertia += dist.sum()
+        if not self.exact:
+            self.sums += self.part
+            self.part.zero_()
+        if self.row_sq:
+            self.sq_sum += x.square().sum(dtype=torch.float64)
+        self.best_sum += best_all.sum()
         self.counts += torch.bincount(labels, minlength=k).to(torch.float64)
         self.labels.append(labels.cpu())
-        self.dists.append(dist)
+        self.best.append(best_all)
 
-    def _add_exact(self, xs: torch.Tensor, lab: torch.Tensor, out: torch.Tensor) -> None:
+    def _add_exact(self, xs: torch.Tensor, lab: torch.Tensor) -> None:
         step = sub_rows(xs.shape[1], xs.device)
         for s in range(0, xs.shape[0], step):
             x64 = xs[s : s + step].to(torch.float64)
             lb = lab[s : s + step]
-            diff = x64 - self.c64[lb]
-            out[s : s + step] = diff.square_().sum(1)
+            self.exact_inertia += (x64 - self.c64[lb]).square_().sum()
             self.sums.index_add_(0, lb, x64)
 
-    def farthest_rows(self, m: int) -> torch.Tensor:
-        """Global row numbers of the m rows farthest from their centroid, farthest first."""
-        d = torch.cat(self.dists)
+    def farthest_rows(self, m: int, batches: Iterator[torch.Tensor]) -> torch.Tensor:
+        """Global row numbers of the m rows farthest from their centroid, farthest first
+        (one more pass for the rows' ‖x‖²; only needed to re-seed empty clusters)."""
+        sq = torch.cat([b.to(self.c.dtype).square().sum(1).to(torch.float64) for b in batches])
+        d = torch.cat(self.best) + sq.to(self.best[0].device)
         return d.topk(min(m, d.shape[0])).indices.cpu()
 
 
@@ -282,31 +292,37 @@ def lloyd(
     is exact (float64 distances).
     """
 
-    def one_pass(c64: torch.Tensor, exact: bool) -> _Pass:
-        acc = _Pass(c64, compute_dtype, exact)
+    def one_pass(c64: torch.Tensor, exact: bool, row_sq: bool) -> _Pass:
+        acc = _Pass(c64, compute_dtype, exact, row_sq)
         for x in batches():
             acc.add(x)
         return acc
 
+    sq_total: float | None = None  # Σ‖x‖², the same in every pass
     while state.iteration < n_iter and not state.converged:
+        started = time.perf_counter()
         c64 = state.centroids
-        acc = one_pass(c64, exact=False)
+        acc = one_pass(c64, exact=False, row_sq=sq_total is None)
+        if sq_total is None:
+            sq_total = float(acc.sq_sum)
         new = acc.sums / acc.counts.clamp(min=1)[:, None]
         empty = torch.nonzero(acc.counts == 0).flatten()
-        if len(empty):  # rare: re-seed with the farthest rows (one more pass if streamed)
-            donors = gather_rows(batches(), acc.farthest_rows(len(empty))).to(new.device)
+        if len(empty):  # rare: re-seed with the farthest rows (two more passes)
+            far = acc.farthest_rows(len(empty), batches())
+            donors = gather_rows(batches(), far).to(new.device)
             new[empty[: len(donors)]] = donors
         labels = torch.cat(acc.labels)
         same = state.labels is not None and torch.equal(labels, state.labels)
         shift = float((new - c64).square().sum())
-        state.history.append(float(acc.inertia))
+        state.history.append(sq_total + float(acc.best_sum))
+        state.seconds.append(time.perf_counter() - started)
         state.centroids, state.labels = new, labels
         state.iteration += 1
         state.converged = bool(same) or shift <= tol
         if on_iteration is not None:
             on_iteration(state)
-    final = one_pass(state.centroids, exact=True)
-    return state, float(final.inertia), torch.cat(final.labels)
+    final = one_pass(state.centroids, exact=True, row_sq=False)
+    return state, float(final.exact_inertia), torch.cat(final.labels)
 
 
 def kmeans_plus_plus(
