@@ -75,11 +75,15 @@ def test_streaming_equals_tensor_and_is_deterministic(x):
         fit_kmeans((t for t in batches), 12, progress=False)
 
 
-def test_empty_clusters_are_reseeded(x):
+@pytest.mark.parametrize("empty", ["split", "farthest"])
+def test_empty_clusters_are_reseeded(x, empty):
     init = torch.cat([x[:5], x[:1].repeat(3, 1)])  # three duplicates: two will be empty
-    sae = fit_kmeans(x, 8, n_iter=5, tol=0.0, init=init, progress=False)
+    sae = fit_kmeans(x, 8, n_iter=5, tol=0.0, init=init, progress=False, empty=empty)
     assert sae.cfg.metadata.empty_clusters == 0
     assert len({tuple(r.tolist()) for r in sae.W_enc.T}) == 8
+    # the refilled clusters are used: better than the 5 distinct starting centroids alone
+    five = fit_kmeans(x, 5, n_iter=5, tol=0.0, init=init[:5], progress=False)
+    assert sae.cfg.metadata.inertia < five.cfg.metadata.inertia
 
 
 def test_kmeans_plus_plus_beats_random_init(x):

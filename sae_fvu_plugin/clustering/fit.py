@@ -41,6 +41,7 @@ def fit_kmeans(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 5,
     init_sample: int | None = None,
+    empty: str = "split",
     **metadata: Any,
 ) -> ClusteringSAE:
     """Lloyd's k-means with ``n_clusters`` centroids, as a ``kmeans`` SAE (L0 = 1).
@@ -53,7 +54,9 @@ def fit_kmeans(
     work runs (default CUDA when available). ``checkpoint``: a file saved every
     ``checkpoint_every`` iterations; a re-run with the same settings and data resumes from
     it to the identical result. ``metadata`` (``model_name=``, ``hook_name=``,
-    ``context_size=``, ``dataset=``, ...) is recorded in ``sae.cfg.metadata``.
+    ``context_size=``, ``dataset=``, ...) is recorded in ``sae.cfg.metadata``. ``empty``:
+    how empty clusters are refilled — ``"split"`` (split a populous cluster, like faiss)
+    or ``"farthest"`` (the rows farthest from their centroids, like scikit-learn).
     """
     return _fit(acts, n_clusters, 0, locals() | metadata)
 
@@ -72,6 +75,7 @@ def fit_pca_kmeans(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 5,
     init_sample: int | None = None,
+    empty: str = "split",
     **metadata: Any,
 ) -> ClusteringSAE:
     """PCA with ``n_pca`` components on the centred data, then k-means on the PCA
@@ -95,6 +99,7 @@ _OPTIONS = {
     "checkpoint_every",
     "init_sample",
     "metadata",
+    "empty",
 }
 
 
@@ -105,6 +110,8 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
     if not isinstance(n_pca, int) or n_pca < 0:
         raise ValueError(f"n_pca must be a non-negative int, got {n_pca!r}.")
     n_iter, seed = int(opts["n_iter"]), int(opts["seed"])
+    if opts["empty"] not in ("split", "farthest"):
+        raise ValueError(f"empty must be 'split' or 'farthest', got {opts['empty']!r}.")
     dev = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = ActivationSource(acts)
     stats = data_stats(source, dev, scatter=n_pca > 0)
@@ -169,6 +176,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
         "init": init_key,
         "init_sample": opts["init_sample"],
         "seed": seed,
+        "empty": opts["empty"],
         "data": stats.fingerprint,
         "compute_dtype": str(compute_dtype),
     }
@@ -213,6 +221,8 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
             compute_dtype=compute_dtype,
             device=dev,
             on_iteration=on_iteration,
+            empty=opts["empty"],
+            seed=seed,
         )
     finally:
         bar.close()
@@ -232,6 +242,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
         n_iter_run=state.iteration,
         converged=state.converged,
         init=init_key,
+        empty_strategy=opts["empty"],
         empty_clusters=int((counts == 0).sum()),
         inertia_history=state.history,
         iteration_seconds=[round(t, 4) for t in state.seconds],

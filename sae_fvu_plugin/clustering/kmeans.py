@@ -281,13 +281,18 @@ def lloyd(
     compute_dtype: torch.dtype,
     device: torch.device,
     on_iteration: Callable[[LloydState], None] | None = None,
+    empty: str = "split",
+    seed: int = 0,
 ) -> tuple[LloydState, float, torch.Tensor]:
     """Run Lloyd iterations from ``state`` until ``n_iter``, label-stability, or a centre
     shift Σ‖Δc‖² ≤ ``tol`` (absolute; callers scale it like sklearn). Then one final
     assignment pass with the final centroids. Returns (state, inertia, labels).
 
-    Batches must already be centred and on ``device``. Empty clusters are re-seeded with
-    the farthest points of the pass (farthest first), deterministically. ``state.history``
+    Batches must already be centred and on ``device``. Empty clusters are re-seeded
+    deterministically: ``empty="split"`` (default, like faiss) splits a populous cluster
+    in two — one chosen with probability ∝ (size − 1), its centroid copied with a small
+    symmetric perturbation; ``empty="farthest"`` (like scikit-learn) moves them to the
+    rows farthest from their centroids. ``state.history``
     holds each iteration's inertia from the matmul expansion; the returned final inertia
     is exact (float64 distances).
     """
@@ -306,11 +311,14 @@ def lloyd(
         if sq_total is None:
             sq_total = float(acc.sq_sum)
         new = acc.sums / acc.counts.clamp(min=1)[:, None]
-        empty = torch.nonzero(acc.counts == 0).flatten()
-        if len(empty):  # rare: re-seed with the farthest rows (two more passes)
-            far = acc.farthest_rows(len(empty), batches())
+        empties = torch.nonzero(acc.counts == 0).flatten()
+        if len(empties) and empty == "farthest":  # two more passes over the data
+            far = acc.farthest_rows(len(empties), batches())
             donors = gather_rows(batches(), far).to(new.device)
-            new[empty[: len(donors)]] = donors
+            new[empties[: len(donors)]] = donors
+        elif len(empties):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + state.iteration)
+            split_clusters(new, acc.counts, empties, gen)
         labels = torch.cat(acc.labels)
         same = state.labels is not None and torch.equal(labels, state.labels)
         shift = float((new - c64).square().sum())
@@ -323,6 +331,32 @@ def lloyd(
             on_iteration(state)
     final = one_pass(state.centroids, exact=True, row_sq=False)
     return state, float(final.exact_inertia), torch.cat(final.labels)
+
+
+_SPLIT_EPS = 1.0 / 1024
+
+
+def split_clusters(
+    centroids: torch.Tensor, counts: torch.Tensor, empty: torch.Tensor, generator: torch.Generator
+) -> None:
+    """Refill each empty cluster by splitting a populous one, in place: cluster j is drawn
+    with probability ∝ (count_j − 1); c_empty = c_j + δ, c_j = c_j − δ, with δ a small
+    (2⁻¹⁰ relative) perturbation of alternating sign across dimensions; counts are halved."""
+    sizes = counts.to("cpu", torch.float64).clone()
+    d = centroids.shape[1]
+    sign = torch.ones(d, dtype=centroids.dtype, device=centroids.device)
+    sign[1::2] = -1
+    for e in empty.tolist():
+        weights = (sizes - 1).clamp(min=0)
+        if float(weights.sum()) <= 0:
+            break
+        j = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
+        c = centroids[j].clone()
+        delta = _SPLIT_EPS * sign * (c.abs() + c.abs().mean() + 1e-12)
+        centroids[e] = c + delta
+        centroids[j] = c - delta
+        sizes[e] = sizes[j] // 2
+        sizes[j] -= sizes[e]
 
 
 def kmeans_plus_plus(
