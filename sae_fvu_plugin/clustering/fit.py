@@ -123,8 +123,7 @@ def _fit(acts: Any, n_clusters: int, n_pca: int, opts: dict[str, Any]) -> Cluste
         )
     if n_pca >= d:
         raise ValueError(f"n_pca={n_pca} must be below the width d={d}.")
-    first = next(source.batches())
-    compute_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    compute_dtype = torch.float64 if source.dtype == torch.float64 else torch.float32
 
     mean = stats.mean
     pca = pca_from_stats(stats, n_pca) if n_pca else None

@@ -36,7 +36,6 @@ class ActivationSource:
     """
 
     def __init__(self, acts: Any, batch_rows: int = 1 << 15) -> None:
-        self._tensor: torch.Tensor | None = None
         self._factory: Callable[[], Iterable[torch.Tensor]]
         self.in_memory = isinstance(acts, (torch.Tensor, list, tuple))
         if isinstance(acts, torch.Tensor):
@@ -45,7 +44,6 @@ class ActivationSource:
                     f"acts has shape {tuple(acts.shape)}; expected (..., d) with d the width."
                 )
             t = acts.reshape(-1, acts.shape[-1])
-            self._tensor = t
             self._factory = lambda: t.split(batch_rows)
         elif callable(acts):
             self._factory = acts
@@ -64,6 +62,7 @@ class ActivationSource:
             )
         self.n: int | None = None
         self.d: int | None = None
+        self.dtype: torch.dtype | None = None  # of the first batch, set by data_stats
 
     def batches(self) -> Iterator[torch.Tensor]:
         for i, b in enumerate(self._factory()):
@@ -104,7 +103,7 @@ def data_stats(source: ActivationSource, device: torch.device, scatter: bool = F
     digest = hashlib.sha256()
     for i, b in enumerate(source.batches()):
         if source.d is None:
-            source.d = b.shape[1]
+            source.d, source.dtype = b.shape[1], b.dtype
         if b.shape[0] == 0:
             continue
         step = sub_rows(b.shape[1], device)
@@ -176,13 +175,22 @@ def _chunk_rows(k: int) -> int:
     return max(1, _SCORE_ELEMENTS // max(k, 1))
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid for each row (chunked argmin of ‖c‖² − 2x·c)."""
-    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+def assign_chunks(
+    x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Per chunk of rows: (rows, min_k(‖c_k‖² − 2x·c_k), argmin) by one matmul each."""
     step = _chunk_rows(centroids.shape[0])
     for s in range(0, x.shape[0], step):
-        scores = torch.addmm(sq_norms, x[s : s + step], centroids.T, beta=1, alpha=-2)
-        out[s : s + step] = scores.argmin(1)
+        sl = slice(s, min(s + step, x.shape[0]))
+        best, lab = torch.addmm(sq_norms, x[sl], centroids.T, beta=1, alpha=-2).min(1)
+        yield sl, best, lab
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid for each row."""
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for sl, _, lab in assign_chunks(x, centroids, sq_norms):
+        out[sl] = lab
     return out
 
 
@@ -215,15 +223,12 @@ class _Pass:
     def add(self, x: torch.Tensor) -> None:
         x = x.to(self.c.dtype)
         k = self.c.shape[0]
-        step = _chunk_rows(k)
         labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
         best_all = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-        for s in range(0, x.shape[0], step):
-            xs = x[s : s + step]
-            scores = torch.addmm(self.sq, xs, self.c.T, beta=1, alpha=-2)
-            best, lab = scores.min(1)
-            labels[s : s + step] = lab
-            best_all[s : s + step] = best
+        for sl, best, lab in assign_chunks(x, self.c, self.sq):
+            xs = x[sl]
+            labels[sl] = lab
+            best_all[sl] = best
             if self.exact:
                 self._add_exact(xs, lab)
             else:
