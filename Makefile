@@ -6,7 +6,6 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export SAE_FVU_CACHE ?= $(CURDIR)/.cache
 
 .PHONY: setup demo test lint pytest patches-check bench bench-setup schema
 

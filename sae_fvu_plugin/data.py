@@ -37,9 +37,15 @@ AUSTEN_NOVELS = (
 
 
 def cache_dir() -> Path:
-    """``$SAE_FVU_CACHE``, else ``~/.cache/sae_fvu_plugin`` (``make setup`` uses ./.cache)."""
+    """Where the offline model, text and tokenised contexts live — the same for ``make``,
+    the command line and the Python API: ``$SAE_FVU_CACHE``, else
+    ``$XDG_CACHE_HOME/sae_fvu_plugin``, else ``~/.cache/sae_fvu_plugin``
+    (``make setup`` / ``scripts/setup.sh`` fill the same folder)."""
     env = os.environ.get("SAE_FVU_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "sae_fvu_plugin"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sae_fvu_plugin"
 
 
 # ----------------------------------------------------------------------------- models
@@ -250,12 +256,37 @@ class TextSplit:
     eval: torch.Tensor
     fit_index: torch.Tensor  # row numbers in the corpus's context list
     eval_index: torch.Tensor
+    corpus_contexts: int = 0
+    corpus: torch.Tensor | None = None  # every context of the corpus (prefix for hub data)
 
     def dataset(self, which: str) -> Any:
         from datasets import Dataset
 
         rows = self.fit if which == "fit" else self.eval
         return Dataset.from_dict({"input_ids": rows.tolist()})
+
+    def contexts_hash(self, ids: Iterable[int]) -> str | None:
+        """sha256 of the token ids of the given contexts (None if one is out of range)."""
+        from .clustering.provenance import corpus_hash
+
+        ids = sorted(set(int(i) for i in ids))
+        if self.corpus is None or (ids and ids[-1] >= len(self.corpus)):
+            return None
+        return corpus_hash(self.corpus[torch.tensor(ids, dtype=torch.long)])
+
+
+def _load_contexts(
+    dataset: str, tokenizer: Any, context_size: int, limit: int | None, cache: bool
+) -> torch.Tensor:
+    key = f"{dataset.replace('/', '_')}-{getattr(tokenizer, 'name_or_path', 'tok')}-{context_size}"
+    path = cache_dir() / "contexts" / (key.replace("/", "_").replace(os.sep, "_") + ".pt")
+    if cache and dataset == AUSTEN and path.is_file():
+        return torch.load(path, weights_only=True)
+    contexts = tokens_to_contexts(iter_texts(dataset), tokenizer, context_size, limit)
+    if cache and dataset == AUSTEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(contexts, path)
+    return contexts
 
 
 def split_contexts(
@@ -267,27 +298,36 @@ def split_contexts(
     n_eval: int,
     seed: int = 0,
     cache: bool = True,
+    fit_ids: Iterable[int] | None = None,
 ) -> TextSplit:
     """Tokenise ``dataset`` into contexts and draw disjoint fit / eval sets.
 
-    Austen: the whole corpus (≈ 7k contexts of 128), shuffled with ``seed``, then split. A
-    hub dataset: its first n_fit + n_eval contexts, shuffled the same way.
+    The corpus (Austen: all ≈ 7k contexts of 128; a hub dataset: its first contexts) is
+    shuffled with ``seed``: fit = the first ``n_fit`` contexts of that order, eval = the
+    next ``n_eval``. With ``fit_ids`` (the fit contexts an SAE recorded), eval = the first
+    ``n_eval`` contexts of the order that are not among them — held out by construction.
     """
+    fixed = None if fit_ids is None else sorted(set(int(i) for i in fit_ids))
+    if fixed is not None:
+        n_fit = (fixed[-1] + 1) if fixed else 0
     limit = None if dataset == AUSTEN else n_fit + n_eval
-    key = f"{dataset.replace('/', '_')}-{getattr(tokenizer, 'name_or_path', 'tok')}-{context_size}"
-    path = cache_dir() / "contexts" / (key.replace("/", "_") + ".pt")
-    if cache and path.is_file():
-        contexts = torch.load(path, weights_only=True)
-    else:
-        contexts = tokens_to_contexts(iter_texts(dataset), tokenizer, context_size, limit)
-        if cache and dataset == AUSTEN:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(contexts, path)
-    if n_fit + n_eval > len(contexts):
+    contexts = _load_contexts(dataset, tokenizer, context_size, limit, cache)
+    if fixed is None and n_fit + n_eval > len(contexts):
         raise ValueError(
             f"{dataset} has {len(contexts)} contexts of {context_size} tokens; asked for "
             f"{n_fit} fit + {n_eval} eval. Use fewer tokens."
         )
     order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(seed))
-    fi, ei = order[:n_fit], order[n_fit : n_fit + n_eval]
-    return TextSplit(contexts[fi], contexts[ei], fi, ei)
+    if fixed is None:
+        fi, ei = order[:n_fit], order[n_fit : n_fit + n_eval]
+    else:
+        taken = set(fixed)
+        free = torch.tensor([int(i) for i in order if int(i) not in taken], dtype=torch.long)
+        if len(free) < n_eval:
+            raise ValueError(
+                f"{dataset} has {len(free)} contexts outside the SAE's {len(fixed)} fit "
+                f"contexts; asked for {n_eval} eval contexts. Evaluate on fewer batches."
+            )
+        fi = torch.tensor([i for i in fixed if i < len(contexts)], dtype=torch.long)
+        ei = free[:n_eval]
+    return TextSplit(contexts[fi], contexts[ei], fi, ei, len(contexts), contexts)

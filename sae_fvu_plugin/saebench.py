@@ -421,13 +421,15 @@ def run_core_eval(
     sae_release: str = "local",
     sae_id: str = "sae",
     device: str = "cpu",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """SAEBench's ``run_evals`` on ``sae`` with the plugin enabled, tokens from ``dataset``
     (a Hugging Face dataset or name; pretokenised rows are used as they are), as
     ``multiple_evals`` does it; optionally saved with SAEBench's ``save_single_eval_result``.
 
     ``ignore_tokens`` defaults to the tokenizer's BOS, EOS and PAD ids, like
-    ``multiple_evals``. Returns SAEBench's result dict (``metrics``, ``feature_metrics``).
+    ``multiple_evals``. ``extra``: further top-level keys for the result JSON (e.g. the
+    held-out report). Returns SAEBench's result dict (``metrics``, ``feature_metrics``).
     """
     from sae_lens import ActivationsStore
 
@@ -484,6 +486,9 @@ def run_core_eval(
                 str(out_json),
                 sae,
             )
+            if extra:
+                saved = json.loads(Path(out_json).read_text())
+                Path(out_json).write_text(json.dumps(saved | extra, indent=2))
     return result
 
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.setup-stamp
-CACHE=${SAE_FVU_CACHE:-$PWD/.cache}
+CACHE=${SAE_FVU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sae_fvu_plugin}  # = sae_fvu_plugin.data.cache_dir()
 TORCH_VERSION=2.13.0
 
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)

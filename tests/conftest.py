@@ -3,7 +3,4 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault(
-    "SAE_FVU_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache")
-)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,33 +1,39 @@
-"""Clustering baselines: k-means / PCA+k-means against sklearn, the SAE object through
-SAELens's disk format and SAEBench's stock core eval."""
+"""Clustering baselines: k-means / PCA+k-means / residual k-means against scikit-learn and
+hand-built answers; seeding quality; checkpoints bound to data and options; options;
+torch.distributed; the SAE object through SAELens's disk format and SAEBench's stock eval."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from sae_bench.evals.core import main as core
 from sae_lens import SAE
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.decomposition import PCA
 from tiny import CTX, HOOK, SPECIAL, collect, make_store, tiny_dataset, tiny_model
 
 from sae_fvu_plugin import saebench as fsb
 from sae_fvu_plugin.clustering import (
     ClusteringSAE,
+    KMeansOptions,
     collect_activations,
     fit_kmeans,
     fit_pca_kmeans,
+    fit_residual_kmeans,
     load_clustering_sae,
-    register,
 )
+from sae_fvu_plugin.clustering.checkpoint import CheckpointError
 
 
-def blobs(n=3000, d=16, k=30, offset=100.0, seed=0):
+def blobs(n=3000, d=16, k=30, offset=100.0, seed=0, sep=5.0):
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(k, d, generator=g, dtype=torch.float64) * 5
+    centers = torch.randn(k, d, generator=g, dtype=torch.float64) * sep
     lab = torch.randint(k, (n,), generator=g)
     return offset + centers[lab] + torch.randn(n, d, generator=g, dtype=torch.float64)
 
@@ -35,6 +41,14 @@ def blobs(n=3000, d=16, k=30, offset=100.0, seed=0):
 @pytest.fixture(scope="module")
 def x():
     return blobs()
+
+
+def centroids_of(sae: ClusteringSAE) -> torch.Tensor:
+    return sae.W_enc[:, sae.n_pca :].T.double() + sae.b_dec.double()
+
+
+def stage(sae: ClusteringSAE, i: int = 0) -> dict:
+    return sae.cfg.metadata.fit["stages"][i]
 
 
 # --------------------------------------------------------------------------- fitting
@@ -46,18 +60,30 @@ def test_lloyd_matches_sklearn_from_same_init(x, n_iter):
     sae = fit_kmeans(x, 20, n_iter=n_iter, tol=0.0, init=init, progress=False)
     km = KMeans(20, init=init.numpy(), n_init=1, algorithm="lloyd", max_iter=n_iter, tol=0.0)
     km.fit(x.numpy())
-    assert sae.cfg.metadata.inertia == pytest.approx(km.inertia_, rel=1e-6)
-    centroids = (sae.W_enc[:, :].T.double() + sae.b_dec.double()).numpy()
-    np.testing.assert_allclose(np.sort(centroids, 0), np.sort(km.cluster_centers_, 0), rtol=1e-5)
+    assert sae.cfg.metadata.inertia == pytest.approx(km.inertia_, rel=1e-9)
+    np.testing.assert_allclose(
+        np.sort(centroids_of(sae).numpy(), 0), np.sort(km.cluster_centers_, 0), rtol=1e-5
+    )
+
+
+def test_float32_lloyd_matches_sklearn(x):
+    """The bounded (Hamerly) assignment in float32 keeps plain Lloyd's labels."""
+    x32 = (x - 100).float()
+    init = x32[:25].clone()
+    sae = fit_kmeans(x32, 25, n_iter=30, tol=0.0, init=init, progress=False)
+    km = KMeans(25, init=init.double().numpy(), n_init=1, max_iter=30, tol=0.0)
+    km.fit(x32.double().numpy())
+    assert sae.cfg.metadata.inertia == pytest.approx(km.inertia_, rel=1e-5)
+    rescored = stage(sae)["runs"][0]["rows_rescored"]
+    assert rescored[0] == 1.0 and min(rescored[1:]) < 0.2  # the bounds skip most rows
 
 
 def test_pca_matches_sklearn(x):
     sae = fit_pca_kmeans(x, 10, 5, n_iter=5, progress=False)
     ref = PCA(5).fit(x.numpy())
     np.testing.assert_allclose(
-        sae.cfg.metadata.pca_explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-9
+        sae.cfg.metadata.fit["pca_explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-9
     )
-    # components span the same axes (up to sign)
     comps = sae.W_dec[:5].double().numpy()
     np.testing.assert_allclose(np.abs(comps @ ref.components_.T), np.eye(5), atol=1e-4)
     assert sae.cfg.d_sae == 15 and sae.n_pca == 5 and sae.n_clusters == 10
@@ -79,59 +105,226 @@ def test_streaming_equals_tensor_and_is_deterministic(x):
 def test_empty_clusters_are_reseeded(x, empty):
     init = torch.cat([x[:5], x[:1].repeat(3, 1)])  # three duplicates: two will be empty
     sae = fit_kmeans(x, 8, n_iter=5, tol=0.0, init=init, progress=False, empty=empty)
-    assert sae.cfg.metadata.empty_clusters == 0
+    assert stage(sae)["empty_clusters"] == 0
     assert len({tuple(r.tolist()) for r in sae.W_enc.T}) == 8
-    # the refilled clusters are used: better than the 5 distinct starting centroids alone
     five = fit_kmeans(x, 5, n_iter=5, tol=0.0, init=init[:5], progress=False)
     assert sae.cfg.metadata.inertia < five.cfg.metadata.inertia
 
 
-def test_kmeans_plus_plus_beats_random_init(x):
-    pp = fit_kmeans(x, 30, n_iter=1, init="k-means++", progress=False, tol=0.0)
-    rnd = fit_kmeans(x, 30, n_iter=1, init="random", progress=False, tol=0.0)
-    assert pp.cfg.metadata.inertia < rnd.cfg.metadata.inertia
+# --------------------------------------------------------------------------- seeding
 
 
-def test_checkpoint_resume_is_identical(x, tmp_path):
+def mixture(seed, n=6000, d=32, k=24, sep=6.0, offset=0.0):
+    """Well separated Gaussian mixture and its true partition's inertia."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=g, dtype=torch.float64) * sep
+    lab = torch.randint(k, (n,), generator=g)
+    x = offset + centers[lab] + torch.randn(n, d, generator=g, dtype=torch.float64)
+    true = sum(float(((x[lab == j] - x[lab == j].mean(0)) ** 2).sum()) for j in range(k))
+    return x, true
+
+
+def test_greedy_kmeans_pp_is_sklearn_grade():
+    """Default seeding against scikit-learn's KMeans(n_init=1) on the same data and seeds;
+    plain k-means++ (one candidate per step) is clearly worse."""
+    ours, plain, theirs, found = [], [], [], 0
+    for seed in range(8):
+        x, true = mixture(seed)
+        a = fit_kmeans(x, 24, seed=seed, progress=False).cfg.metadata.inertia
+        p = fit_kmeans(x, 24, seed=seed, n_local_trials=1, progress=False).cfg.metadata.inertia
+        s = KMeans(24, n_init=1, random_state=seed).fit(x.numpy()).inertia_
+        ours.append(a / s)
+        plain.append(p / s)
+        theirs.append(s)
+        found += a <= true * (1 + 1e-9)
+    assert np.median(ours) <= 1.005
+    assert found >= 7  # the true partition in (almost) every run
+    assert np.mean(plain) > np.mean(ours) * 1.1
+
+
+def test_n_init_keeps_the_best_run_and_records_all():
+    x, true = mixture(3)
+    sae = fit_kmeans(x, 24, n_init=5, seed=10, progress=False)
+    runs = stage(sae)["runs"]
+    assert [r["seed"] for r in runs] == [10, 11, 12, 13, 14]
+    assert sae.cfg.metadata.inertia == min(r["inertia"] for r in runs)
+    # run r is exactly an n_init=1 fit with seed + r
+    single = fit_kmeans(x, 24, seed=12, progress=False).cfg.metadata.inertia
+    assert runs[2]["inertia"] == single
+    best5 = KMeans(24, n_init=5, random_state=0).fit(x.numpy()).inertia_
+    assert sae.cfg.metadata.inertia <= best5 * 1.005
+    assert sae.cfg.metadata.inertia == pytest.approx(true, rel=1e-9)
+
+
+def test_kmeans_parallel_seeding_streams():
+    x, true = mixture(1)
+    batches = list(x.split(1000))
+    sae = fit_kmeans(batches, 24, init="k-means||", seed=0, progress=False)
+    sk = KMeans(24, n_init=1, random_state=0).fit(x.numpy()).inertia_
+    assert sae.cfg.metadata.inertia <= sk * 1.05
+    assert sae.cfg.metadata.inertia <= true * 1.05
+
+
+def test_seeding_matches_sklearn_kmeans_pp_distribution():
+    """Greedy k-means++ alone (no Lloyd): the potential of our seeds is that of
+    scikit-learn's kmeans_plusplus, averaged over seeds."""
+    from sae_fvu_plugin.clustering.seeding import _generator, greedy_kmeans_pp
+
+    x, _ = mixture(4, n=2000, k=16)
+    xs = (x - x.mean(0)).numpy()
+
+    def potential(c):
+        return float(torch.cdist(torch.from_numpy(xs), torch.as_tensor(c)).square().min(1).values.sum())
+
+    ours = [potential(greedy_kmeans_pp(torch.from_numpy(xs), 16, _generator(s), dtype=torch.float64)) for s in range(20)]
+    theirs = [potential(kmeans_plusplus(xs, 16, random_state=s)[0]) for s in range(20)]
+    assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.1)
+
+
+# ---------------------------------------------------------------------- options
+
+
+def test_options_are_validated_before_work(x):
+    with pytest.raises(TypeError, match="'n_inti'. Did you mean 'n_init'"):
+        fit_kmeans(x, 8, n_inti=3)
+    with pytest.raises(TypeError, match="n_clusters must be an integer, got the bool True"):
+        fit_kmeans(x, True)
+    with pytest.raises(ValueError, match="empty must be one of split, farthest; got 'spilt'"):
+        fit_kmeans(x, 8, empty="spilt")
+    with pytest.raises(ValueError, match="written by the fit itself"):
+        fit_kmeans(x, 8, metadata={"inertia": 3})
+    sae = fit_kmeans(x, np.int64(3), n_iter=np.int32(2), metadata={"note": "mine"}, progress=False)
+    assert sae.cfg.d_sae == 3 and sae.cfg.metadata.note == "mine"
+    assert KMeansOptions().n_iter == fit_kmeans.__globals__["KMeansOptions"]().n_iter
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_resume_is_identical(tmp_path):
+    x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(0))  # float32, slow to converge
     batches = list(x.split(1000))
     full = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False)
     ck = tmp_path / "km.pt"
     calls = {"n": 0}
 
-    def flaky():  # the 8th pass over the data dies half-way (mid Lloyd iteration)
+    def flaky():  # a pass over the data dies half-way (mid Lloyd iteration)
         calls["n"] += 1
         for i, b in enumerate(batches):
-            if calls["n"] == 8 and i == 1:
+            if calls["n"] == 7 and i == 1:
                 raise KeyboardInterrupt
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        fit_kmeans(
-            flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck, checkpoint_every=1
-        )
-    assert 0 < torch.load(ck, weights_only=True)["iteration"] < 9
+        fit_kmeans(flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck, checkpoint_every=1)
+    saved = torch.load(ck, weights_only=True)
+    assert 0 < saved["current"]["lloyd"]["iteration"] < 9
+    assert stage(full)["runs"][0]["n_iter_run"] == 9
     resumed = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck)
     assert torch.equal(resumed.W_enc, full.W_enc)
     assert resumed.cfg.metadata.inertia == full.cfg.metadata.inertia
-    assert resumed.cfg.metadata.inertia_history == full.cfg.metadata.inertia_history
+    assert stage(resumed)["runs"][0]["inertia_history"] == stage(full)["runs"][0]["inertia_history"]
 
 
-def test_bad_checkpoints_and_inputs_are_refused_without_overwriting(x, tmp_path):
+def test_checkpoint_is_bound_to_data_content(x, tmp_path):
     ck = tmp_path / "km.pt"
     fit_kmeans(x, 4, n_iter=2, progress=False, checkpoint=ck)
     before = ck.read_bytes()
-    with pytest.raises(ValueError, match="other settings"):
-        fit_kmeans(x, 5, n_iter=2, progress=False, checkpoint=ck)
-    with pytest.raises(ValueError, match="other settings"):
-        fit_kmeans(x[:, :8], 4, n_iter=2, progress=False, checkpoint=ck)
+    permuted = x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))]
+    one_col_reversed = x.clone()
+    one_col_reversed[:, 3] = x[:, 3].flip(0)  # same column sums, same chunk means
+    for other in (permuted, one_col_reversed, list(x.split(1000))):
+        with pytest.raises(CheckpointError, match="data: saved 'sha256:"):
+            fit_kmeans(other, 4, n_iter=2, progress=False, checkpoint=ck)
     assert ck.read_bytes() == before
-    ck.write_bytes(before[: len(before) // 2])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        fit_kmeans(x, 4, n_iter=2, progress=False, checkpoint=ck)
-    assert len(ck.read_bytes()) == len(before) // 2
-    with pytest.raises(
-        ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"
+
+
+def test_checkpoint_records_every_option(x, tmp_path):
+    ck = tmp_path / "km.pt"
+    fit_kmeans(x, 4, n_iter=10, tol=0.0, progress=False, checkpoint=ck)
+    before = ck.read_bytes()
+    for change, name in (
+        (dict(seed=1), "seed"),
+        (dict(empty="farthest"), "empty"),
+        (dict(init="random"), "init"),
+        (dict(n_init=2), "n_init"),
+        (dict(n_local_trials=7), "n_local_trials"),
+        (dict(tol=1e-3), "tol"),
     ):
+        with pytest.raises(CheckpointError, match=f"{name}: saved"):
+            fit_kmeans(x, 4, n_iter=10, progress=False, checkpoint=ck, **(dict(tol=0.0) | change))
+    with pytest.raises(CheckpointError, match="n_iter: saved 10, requested 5"):
+        fit_kmeans(x, 4, n_iter=5, tol=0.0, progress=False, checkpoint=ck)
+    with pytest.raises(CheckpointError, match="compute_dtype"):
+        fit_kmeans(x.float(), 4, n_iter=10, tol=0.0, progress=False, checkpoint=ck)
+    assert ck.read_bytes() == before
+
+
+def test_larger_n_iter_continues_a_finished_run(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g, dtype=torch.float64)  # slow to converge
+    init = x[:40].clone()
+    direct = fit_kmeans(x, 40, n_iter=12, tol=0.0, init=init, progress=False)
+    assert not stage(direct)["runs"][0]["converged"]
+    ck = tmp_path / "km.pt"
+    fit_kmeans(x, 40, n_iter=5, tol=0.0, init=init, progress=False, checkpoint=ck)
+    more = fit_kmeans(x, 40, n_iter=12, tol=0.0, init=init, progress=False, checkpoint=ck)
+    assert torch.equal(more.W_enc, direct.W_enc)
+    assert stage(more)["runs"][0]["n_iter_run"] == 12
+
+
+def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
+    ck = tmp_path / "km.pt"
+    calls = {"n": 0}
+
+    def stop_late():
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        yield from x.split(1000)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_kmeans(stop_late, 5, n_iter=10, tol=0.0, progress=False, checkpoint=ck, checkpoint_every=1)
+    good = torch.load(ck, weights_only=True)
+
+    def tamper(edit, match):
+        bad = torch.load(ck, weights_only=True)
+        edit(bad)
+        path = tmp_path / "bad.pt"
+        torch.save(bad, path)
+        raw = path.read_bytes()
+        with pytest.raises(CheckpointError, match=match):
+            fit_kmeans(list(x.split(1000)), 5, n_iter=10, tol=0.0, progress=False, checkpoint=path)
+        assert path.read_bytes() == raw
+
+    def nan_centroids(p):
+        p["current"]["lloyd"]["centroids"][0, 0] = float("nan")
+
+    def wrong_shape(p):
+        p["current"]["lloyd"]["centroids"] = p["current"]["lloyd"]["centroids"][:3]
+
+    def no_rows(p):
+        del p["current"]["lloyd"]["rows"]
+
+    def bad_labels(p):
+        p["current"]["lloyd"]["rows"][0][0][0][0] = 99
+
+    def bad_iteration(p):
+        p["current"]["lloyd"]["iteration"] = 50
+
+    tamper(nan_centroids, "NaN/inf")
+    tamper(wrong_shape, r"shape \(3, 16\), expected float64 \(5, 16\)")
+    tamper(no_rows, "rows for")
+    tamper(bad_labels, "labels outside")
+    tamper(bad_iteration, "outside")
+    assert good["current"]["lloyd"]["iteration"] >= 1
+    ck.write_bytes(ck.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        fit_kmeans(list(x.split(1000)), 5, n_iter=10, tol=0.0, progress=False, checkpoint=ck)
+
+
+def test_bad_inputs(x):
+    with pytest.raises(ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"):
         fit_kmeans(x[:10], 20, progress=False)
     bad = x.clone()
     bad[7, 3] = float("nan")
@@ -139,6 +332,95 @@ def test_bad_checkpoints_and_inputs_are_refused_without_overwriting(x, tmp_path)
         fit_kmeans(bad, 4, progress=False)
     with pytest.raises(ValueError, match="n_pca=16 must be below"):
         fit_pca_kmeans(x, 4, 16, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(16,\)"):
+        fit_kmeans(x[0], 1, progress=False)
+
+
+# -------------------------------------------------------------- residual k-means
+
+
+def additive(seed=0, noise=0.3):
+    """x = a_i + b_j + noise with 8 a's and 8 b's: 64 combinations."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(8, 12, generator=g, dtype=torch.float64) * 4
+    b = torch.randn(8, 12, generator=g, dtype=torch.float64) * 1.5
+    i = torch.randint(8, (4000,), generator=g)
+    j = torch.randint(8, (4000,), generator=g)
+    return a[i] + b[j] + noise * torch.randn(4000, 12, generator=g, dtype=torch.float64), noise
+
+
+def test_residual_kmeans_reaches_the_noise_floor():
+    x, noise = additive()
+    floor = noise**2 * x.numel()  # Σ‖noise‖² (expected)
+    two = fit_residual_kmeans(x, 8, 2, n_init=3, progress=False)
+    one = fit_kmeans(x, 16, n_init=3, progress=False)
+    assert two.cfg.d_sae == 16 == one.cfg.d_sae
+    assert two.cfg.metadata.inertia < 1.2 * floor
+    assert one.cfg.metadata.inertia > 5 * floor
+    xf = x.float()
+    f = two.encode(xf)
+    assert ((f != 0).sum(-1) == 2).all()  # L0 exactly n_stages
+    recon = two.decode(f).double()
+    assert float(((x - recon) ** 2).sum()) == pytest.approx(two.cfg.metadata.inertia, rel=1e-4)
+
+
+def test_residual_kmeans_checkpoints_per_stage(tmp_path):
+    x, _ = additive(1)
+    full = fit_residual_kmeans(x, 8, 3, n_iter=6, tol=0.0, progress=False)
+    ck = tmp_path / "rk.pt"
+    calls = {"n": 0}
+
+    def dies_in_stage_two():
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise KeyboardInterrupt
+        yield from x.split(1000)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_residual_kmeans(dies_in_stage_two, 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck)
+    assert len(torch.load(ck, weights_only=True)["stages"]) >= 1
+    resumed = fit_residual_kmeans(list(x.split(1000)), 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck)
+    torch.testing.assert_close(resumed.W_enc, full.W_enc, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ distributed
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+    from _dist_clustering import run
+
+    out = {}
+    for case in ("uneven", "empty_rank"):
+        folder = tmp_path_factory.mktemp(case)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(run, args=(2, port, str(folder), case), nprocs=2, join=True)
+        out[case] = [torch.load(folder / f"{r}.pt") for r in range(2)]
+    return out
+
+
+@pytest.mark.parametrize("case", ["uneven", "empty_rank"])
+def test_distributed_fit_equals_single_process(two_ranks, case):
+    from _dist_clustering import blobs, init_centroids
+
+    ranks = two_ranks[case]
+    for name in ranks[0]:  # every rank returns the same model
+        assert torch.equal(ranks[0][name][0], ranks[1][name][0]), name
+    x = blobs()
+    single = fit_kmeans(x, 10, init=init_centroids(), n_iter=8, tol=0.0, progress=False)
+    want = centroids_of(single)
+    got = ranks[0]["kmeans"][0]
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-9
+    assert ranks[0]["kmeans"][1] == pytest.approx(single.cfg.metadata.inertia, rel=1e-9)
+    # a finished 4-iteration checkpoint continued to 8 = the direct 8-iteration fit
+    torch.testing.assert_close(ranks[0]["extended"][0], got - single.b_dec.double(), rtol=1e-9, atol=1e-9)
+    pca = fit_pca_kmeans(x, 10, 3, n_iter=6, tol=0.0, seed=1, progress=False)
+    torch.testing.assert_close(ranks[0]["pca_kmeans"][0][:3], pca.W_dec[:3].double(), rtol=0, atol=1e-6)
+    sk = KMeans(10, n_init=1, random_state=0).fit(x.numpy()).inertia_
+    assert ranks[0]["kmeans||"][1] <= sk * 1.15  # a sensible seeding, across ranks
 
 
 # ------------------------------------------------------------------------- the SAE
@@ -148,38 +430,54 @@ def test_sae_maps_and_disk_format(x, tmp_path):
     for sae in (
         fit_kmeans(x, 10, n_iter=5, progress=False),
         fit_pca_kmeans(x, 10, 3, n_iter=5, progress=False),
+        fit_residual_kmeans(x, 5, 2, n_iter=5, progress=False),
     ):
         xf = x.float()
         f = sae.encode(xf)
         p = sae.n_pca
-        assert ((f[:, p:] != 0).sum(-1) == 1).all()
+        assert ((f[:, p:] != 0).sum(-1) == sae.n_stages).all()
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.cfg.d_sae))
-        pre = xf @ sae.W_enc + sae.b_enc  # documented pre-activations
+        pre = xf @ sae.W_enc + sae.b_enc  # documented pre-activations (first stage)
         _, idx = sae.assign(xf)
-        assert (pre[:, p:].argmax(-1) == idx).float().mean() > 0.999
+        first = slice(p, p + sae.n_clusters)
+        assert (pre[:, first].argmax(-1) == idx[:, 0]).float().mean() > 0.999
         if p:
             torch.testing.assert_close(pre[:, :p], f[:, :p], rtol=1e-4, atol=1e-3)
-        recon = sae.decode(f).double()
-        sse = float(((x - recon) ** 2).sum())
+        sse = float(((x - sae.decode(f).double()) ** 2).sum())
         assert sse == pytest.approx(sae.cfg.metadata.inertia, rel=1e-5)
-        sae.save_model(tmp_path / sae.cfg.architecture())
-        cfg = json.loads((tmp_path / sae.cfg.architecture() / "cfg.json").read_text())
-        assert cfg["architecture"] == ("pca_kmeans" if p else "kmeans")
-        back = SAE.load_from_disk(tmp_path / sae.cfg.architecture())
-        assert isinstance(back, ClusteringSAE)
+        arch = sae.cfg.architecture()
+        sae.save_model(tmp_path / arch)
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            sae.save_model(tmp_path / arch)
+        sae.save_model(tmp_path / arch, overwrite=True)
+        cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
+        assert cfg["architecture"] == arch
+        back = SAE.load_from_disk(tmp_path / arch)
+        assert type(back) is ClusteringSAE and type(back.cfg) is type(sae.cfg)
         assert torch.equal(back.encode(xf), f)
-    register()
-    register()  # idempotent
+
+
+def test_import_registers_the_architectures(x, tmp_path):
+    fit_residual_kmeans(x, 5, 2, n_iter=2, progress=False).save_model(tmp_path / "rk")
+    code = (
+        "import sys; from sae_lens import SAE\n"
+        "try:\n    SAE.load_from_disk(sys.argv[1]); print('loaded-before')\n"
+        "except Exception as e:\n    print('refused-before')\n"
+        "import sae_fvu_plugin.clustering\n"
+        "print(type(SAE.load_from_disk(sys.argv[1])).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "rk")], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["refused-before", "ClusteringSAE"]
 
 
 def test_load_errors(x, tmp_path):
     sae = fit_kmeans(
-        x, 4, n_iter=2, progress=False, model_name="m", hook_name="blocks.0.hook_resid_post"
+        x, 4, n_iter=2, progress=False, metadata=dict(model_name="m", hook_name="blocks.0.hook_resid_post")
     )
     sae.save_model(tmp_path / "ok")
-    with pytest.raises(
-        ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"
-    ):
+    with pytest.raises(ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"):
         load_clustering_sae(tmp_path / "ok", expected_d_in=32)
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         load_clustering_sae(tmp_path / "missing")
@@ -196,14 +494,7 @@ def test_load_errors(x, tmp_path):
 def lm():
     model, ds = tiny_model(offset=2.0, seed=4), tiny_dataset(n=64, seed=4)
     acts = collect_activations(
-        model,
-        ds,
-        HOOK,
-        1500,
-        context_size=CTX,
-        batch_prompts=4,
-        drop_first_position=True,
-        progress=False,
+        model, ds, HOOK, 1500, context_size=CTX, batch_prompts=4, drop_first_position=True, progress=False
     )
     return model, ds, acts
 
@@ -225,21 +516,20 @@ def everything(n_batches=3):
     )
 
 
-@pytest.mark.parametrize("n_pca", [0, 4])
-def test_stock_saebench_evaluates_clustering_sae(lm, n_pca):
+META = dict(model_name="tiny-random", hook_name=HOOK, context_size=CTX, dataset_path="in-memory", prepend_bos=False)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "pca_kmeans", "residual_kmeans"])
+def test_stock_saebench_evaluates_clustering_sae(lm, kind):
     model, ds, acts = lm
     assert acts.shape == (1500, 64)
-    meta = dict(
-        model_name="tiny-random",
-        hook_name=HOOK,
-        context_size=CTX,
-        dataset="in-memory",
-        prepend_bos=False,
-    )
-    if n_pca:
-        sae = fit_pca_kmeans(acts, 24, n_pca, n_iter=8, progress=False, **meta)
+    n_pca = 4 if kind == "pca_kmeans" else 0
+    if kind == "pca_kmeans":
+        sae = fit_pca_kmeans(acts, 24, n_pca, n_iter=8, progress=False, metadata=META)
+    elif kind == "residual_kmeans":
+        sae = fit_residual_kmeans(acts, 12, 3, n_iter=8, progress=False, metadata=META)
     else:
-        sae = fit_kmeans(acts, 24, n_iter=8, progress=False, **meta)
+        sae = fit_kmeans(acts, 24, n_iter=8, progress=False, metadata=META)
     metrics, feats = core.run_evals(
         sae, make_store(model, sae, ds), model, everything(), ignore_tokens=set(SPECIAL)
     )  # stock SAEBench
@@ -248,23 +538,25 @@ def test_stock_saebench_evaluates_clustering_sae(lm, n_pca):
             assert np.isfinite(value)
     for key in ("encoder_norm", "encoder_decoder_cosine_sim", "max_decoder_cosine_sim"):
         assert np.isfinite(feats[key]).all()
-    if n_pca == 0:
-        assert metrics["sparsity"]["l0"] == 1.0
-    # with the plugin: fvu_a through the loop = 1 − inertia / TSS, computed directly
+    assert metrics["sparsity"]["l0"] == {"kmeans": 1.0, "pca_kmeans": 5.0, "residual_kmeans": 3.0}[kind]
+    # with the plugin: fvu_a through the loop = 1 − Σ‖x − x̂‖² / TSS, x̂ built by hand
     with fsb.enabled():
         m, _ = core.run_evals(
             sae, make_store(model, sae, ds), model, everything(), ignore_tokens=set(SPECIAL)
         )
-    x, keep, _ = collect(model, sae, ds, 3, skip=2)
-    xk = x[keep].double()
-    mu = sae.b_dec.double()
-    z = xk - mu
+    xb, keep, _ = collect(model, sae, ds, 3, skip=2)
+    xk = xb[keep].double()
+    z = xk - sae.b_dec.double()
+    recon = torch.zeros_like(z)
     if n_pca:
         v = sae.W_dec[:n_pca].double()
+        recon += (z @ v.T) @ v
         z = z - (z @ v.T) @ v
-    cents = sae.W_enc[:, n_pca:].T.double()
-    inertia = float(torch.cdist(z, cents).square().min(1).values.sum())
+    for s in range(sae.n_stages):
+        cents = sae.stage_centroids(s).T.double()
+        pick = cents[torch.cdist(z, cents).argmin(1)]
+        recon += pick
+        z = z - pick
+    sse = float(((xk - sae.b_dec.double() - recon) ** 2).sum())
     tss = float(((xk - xk.mean(0)) ** 2).sum())
-    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(
-        1 - inertia / tss, rel=1e-6
-    )
+    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(1 - sse / tss, rel=1e-5)

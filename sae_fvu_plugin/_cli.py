@@ -1,0 +1,108 @@
+"""Command lines generated from option dataclasses (as sparsify does with its configs):
+each field becomes a flag with its help text and its default, so the two cannot drift.
+
+Light on purpose: nothing here imports torch, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+def _kind(annotation: Any) -> tuple[str, bool]:
+    """(base type name, optional) from a field's annotation string."""
+    text = str(annotation).replace(" ", "")
+    optional = "None" in text.split("|")
+    parts = [p for p in text.split("|") if p != "None"]
+    base = parts[0] if parts else "str"
+    return base, optional
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any,
+    cls: type,
+    *,
+    skip: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+    title: str | None = None,
+) -> None:
+    """One flag per field of the dataclass ``cls`` (help text from ``metadata['help']``,
+    choices from ``metadata['choices']``, the default shown)."""
+    skip = set(skip)
+    group = parser.add_argument_group(title) if title else parser
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        default = (defaults or {}).get(f.name, _default(f))
+        base, optional = _kind(f.type)
+        help_text = str(f.metadata.get("help", ""))
+        if f.metadata.get("positional"):
+            group.add_argument(f.name, type=_scalar(base), help=help_text)
+            continue
+        shown = "none" if default is None else default
+        kw: dict[str, Any] = {"dest": f.name, "default": default}
+        if f.metadata.get("required"):
+            kw["required"] = True
+        if base == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["help"] = f"{help_text} (default: {shown})"
+        elif base.startswith("list["):
+            kw["nargs"] = "+"
+            kw["type"] = _scalar(base[5:-1])
+            kw["help"] = f"{help_text} (default: {' '.join(map(str, default)) if default else 'none'})"
+        else:
+            kw["type"] = _scalar(base)
+            kw["help"] = f"{help_text} " + ("(required)" if kw.get("required") else f"(default: {shown})")
+            if "choices" in f.metadata:
+                kw["choices"] = list(f.metadata["choices"])
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
+        group.add_argument(flag(f.name), **kw)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _scalar(name: str) -> Any:
+    return {"int": int, "float": float, "str": str, "Any": str}.get(name, str)
+
+
+def collect(args: argparse.Namespace, cls: type, *, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The parsed values of ``cls``'s fields."""
+    skip = set(skip)
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and hasattr(args, f.name)
+    }
+
+
+def run_main(main: Any, argv: list[str] | None) -> Any:
+    """Call ``main(argv)``; a :class:`UsageError` (or a ``ValueError``/``TypeError`` raised
+    while validating options) becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,71 @@
+"""``sae-fvu``: one command line for what a user does with the plugin.
+
+    sae-fvu fit  --hook blocks.3.hook_resid_post --n-clusters 512 --out out/km512
+    sae-fvu eval out/km512                   # SAEBench core eval, every definition
+    sae-fvu sweep                            # the clustering sweep (make demo)
+    sae-fvu frontier                         # SAEs vs clustering at every L0
+    sae-fvu compare A.json B.json            # paired difference of two eval results
+
+Every flag is generated from the options the command runs with (help text and default
+included). ``--help`` imports nothing heavy; a user error is one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from . import _cli
+from .options import EvalCommand, FitCommand, KMeansOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sae-fvu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    f = sub.add_parser(
+        "fit",
+        help="fit a clustering SAE on a hook's activations",
+        description=FitCommand.__doc__,
+    )
+    _cli.add_options(f, FitCommand)
+    _cli.add_options(f, KMeansOptions, title="k-means options")
+    e = sub.add_parser(
+        "eval",
+        help="SAEBench core eval of a saved SAE with the definition flags",
+        description=EvalCommand.__doc__,
+    )
+    _cli.add_options(e, EvalCommand)
+    return p
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return _cli.run_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> Any:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "fit":
+            cmd: Any = FitCommand(**_cli.collect(args, FitCommand))
+            options = KMeansOptions(**_cli.collect(args, KMeansOptions))
+        elif args.command == "eval":
+            cmd = EvalCommand(**_cli.collect(args, EvalCommand))
+    except (ValueError, TypeError) as err:
+        raise _cli.UsageError(str(err)) from None
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="sae_lens")
+    if args.command == "fit":
+        from .clustering.cli import fit_command
+
+        return fit_command(cmd, options)
+    from .clustering.cli import eval_command
+
+    return eval_command(cmd)
+
+
+if __name__ == "__main__":
+    main()

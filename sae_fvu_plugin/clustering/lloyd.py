@@ -1,0 +1,328 @@
+"""Lloyd's k-means iterations over streamed, possibly sharded data.
+
+One pass over the data per iteration: assign every row to its nearest centroid, then
+move each centroid to the mean of its rows. The pass → reduce → update loop below does
+not know whether it runs on one process or many: the per-iteration sums, counts and
+label-change count are combined by the reducer in one ``all_reduce``.
+
+**Assignment with bounds (Hamerly 2010).** Each row keeps an upper bound u on the
+distance to its centroid and a lower bound l on the distance to every other centroid.
+When the centroids move by δ_k, u += δ_{a(n)} and l −= max_{k≠a(n)} δ_k; a row whose
+u ≤ l cannot have changed its nearest centroid and is skipped. Otherwise u is tightened
+to the exact distance and, if still u > l, the row's scores against every centroid are
+recomputed. Late iterations, where few rows are near a boundary, then cost a fraction of
+a full pass; the labels are those of plain Lloyd.
+
+**Scores.** Full assignments use ‖z − c‖² = ‖z‖² − 2 z·c + ‖c‖² as one chunked matmul in
+the compute dtype (top two per row). The bounds are widened by the expansion's rounding
+error (32 ε (‖z‖² + max ‖c‖²)), so a row is skipped only when that is certain. Centroid
+sums, counts and inertia are float64; the returned inertia Σ_n ‖z_n − c_{a(n)}‖² is
+computed directly in float64, not from the expansion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .reduce import LocalReducer
+from .seeding import _generator
+from .source import sub_rows
+
+Batches = Callable[[], Iterator[torch.Tensor]]
+
+_SCORE_ELEMENTS = 1 << 22  # rows × k of one score chunk (16 MiB in float32)
+_ROUNDING = 32.0
+_FULL_FRACTION = 0.8  # above this share of rows needing scores, score the whole batch
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+@dataclass
+class Rows:
+    """This rank's rows of one batch: label, and Hamerly's upper / lower bounds."""
+
+    labels: torch.Tensor  # int64
+    upper: torch.Tensor  # float64
+    lower: torch.Tensor  # float64
+
+
+@dataclass
+class LloydState:
+    """Where a run stands; everything needed to resume it to the identical result."""
+
+    centroids: torch.Tensor  # (k, d) float64
+    iteration: int = 0
+    converged: bool = False
+    history: list[float] = field(default_factory=list)  # inertia of each iteration's labels
+    seconds: list[float] = field(default_factory=list)  # wall time of each iteration
+    changed: list[int] = field(default_factory=list)  # labels changed in each iteration
+    scored: list[float] = field(default_factory=list)  # share of rows scored in full
+    rows: list[Rows] | None = None
+
+
+class Assigner:
+    """Nearest centroids for one set of centroids (float64 master, compute-dtype copy)."""
+
+    def __init__(self, centroids: torch.Tensor, dtype: torch.dtype) -> None:
+        self.c64 = centroids
+        self.c = centroids.to(dtype)
+        self.dtype = dtype
+        self.sq = self.c.square().sum(1)
+        self.k = centroids.shape[0]
+        self.sq_max = float(self.sq.max())
+        self.err = _ROUNDING * _eps(dtype)
+        self.step = max(1, _SCORE_ELEMENTS // max(self.k, 1))
+
+    def full(self, x: torch.Tensor) -> Rows:
+        """Scores against every centroid: label, and bounds from the best two."""
+        n = x.shape[0]
+        lab = torch.empty(n, dtype=torch.long, device=x.device)
+        upper = torch.empty(n, dtype=torch.float64, device=x.device)
+        lower = torch.empty(n, dtype=torch.float64, device=x.device)
+        for s in range(0, n, self.step):
+            xs = x[s : s + self.step]
+            scores = torch.addmm(self.sq, xs, self.c.T, beta=1, alpha=-2)
+            if self.k >= 2:
+                v, i = scores.topk(2, dim=1, largest=False)
+                b1, b2 = v[:, 0].double(), v[:, 1].double()
+            else:
+                b1 = scores[:, 0].double()
+                i = torch.zeros(xs.shape[0], 1, dtype=torch.long, device=x.device)
+                b2 = torch.full_like(b1, float("inf"))
+            xsq = xs.square().sum(1).double()
+            err = self.err * (xsq + self.sq_max)
+            lab[s : s + self.step] = i[:, 0]
+            upper[s : s + self.step] = (xsq + b1 + err).clamp_(min=0).sqrt_()
+            lower[s : s + self.step] = (xsq + b2 - err).clamp_(min=0).sqrt_()
+        return Rows(lab, upper, lower)
+
+    def own(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Exact (float64) distance of each row to the given centroid."""
+        out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        step = sub_rows(x.shape[1], x.device)
+        for s in range(0, x.shape[0], step):
+            diff = x[s : s + step].to(torch.float64) - self.c64[labels[s : s + step]]
+            out[s : s + step] = diff.square_().sum(1)
+        return out.sqrt_()
+
+    def update(self, x: torch.Tensor, rows: Rows | None) -> tuple[Rows, int, int]:
+        """New labels and bounds for the rows of ``x`` (``rows``: their state after the
+        centroids moved, or None). Returns (rows, labels changed, rows scored in full)."""
+        n = x.shape[0]
+        if rows is None:
+            return self.full(x), n, n
+        need = torch.nonzero(rows.upper > rows.lower).flatten()
+        if len(need) == 0:
+            return rows, 0, 0
+        upper = rows.upper.clone()
+        own = self.own(x[need], rows.labels[need])
+        upper[need] = own
+        need = need[own > rows.lower[need]]
+        if len(need) == 0:
+            return Rows(rows.labels, upper, rows.lower), 0, 0
+        if len(need) > _FULL_FRACTION * n:
+            new = self.full(x)
+            return new, int((new.labels != rows.labels).sum()), n
+        part = self.full(x[need])
+        labels, lower = rows.labels.clone(), rows.lower.clone()
+        changed = int((part.labels != labels[need]).sum())
+        labels[need], upper[need], lower[need] = part.labels, part.upper, part.lower
+        return Rows(labels, upper, lower), changed, len(need)
+
+
+def _shift_bounds(rows: Rows, drift: torch.Tensor) -> Rows:
+    """u += δ_{a(n)}, l −= max_{k≠a(n)} δ_k."""
+    if drift.shape[0] >= 2:
+        top, idx = drift.topk(2)
+        other = torch.where(rows.labels == idx[0], top[1], top[0])
+    else:
+        other = torch.zeros((), dtype=drift.dtype, device=drift.device)
+    return Rows(rows.labels, rows.upper + drift[rows.labels], (rows.lower - other).clamp_(min=0))
+
+
+_SPLIT_EPS = 1.0 / 1024
+
+
+def split_clusters(
+    centroids: torch.Tensor, counts: torch.Tensor, empty: torch.Tensor, generator: torch.Generator
+) -> list[int]:
+    """Refill each empty cluster by splitting a populous one, in place: cluster j is drawn
+    with probability ∝ (count_j − 1); c_empty = c_j + δ, c_j = c_j − δ, with δ a small
+    (2⁻¹⁰ relative) perturbation of alternating sign across dimensions (faiss's rule).
+    Returns the clusters that could not be refilled (every cluster has one row)."""
+    sizes = counts.to("cpu", torch.float64).clone()
+    d = centroids.shape[1]
+    sign = torch.ones(d, dtype=centroids.dtype, device=centroids.device)
+    sign[1::2] = -1
+    left: list[int] = []
+    for e in empty.tolist():
+        weights = (sizes - 1).clamp(min=0)
+        if float(weights.sum()) <= 0:
+            left.append(e)
+            continue
+        j = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
+        c = centroids[j].clone()
+        delta = _SPLIT_EPS * sign * (c.abs() + c.abs().mean() + 1e-12)
+        centroids[e] = c + delta
+        centroids[j] = c - delta
+        sizes[e] = sizes[j] // 2
+        sizes[j] -= sizes[e]
+    return left
+
+
+def _farthest_rows(
+    batches: Batches,
+    rows: list[Rows],
+    assigner: Assigner,
+    m: int,
+    reducer: LocalReducer,
+) -> torch.Tensor:
+    """The m rows (of all ranks) farthest from their centroid, farthest first (float64)."""
+    best_d = torch.empty(0, dtype=torch.float64)
+    best_x: torch.Tensor | None = None
+    for x, r in zip(batches(), rows, strict=True):
+        if x.shape[0] == 0:
+            continue
+        dist = assigner.own(x, r.labels).cpu()
+        top = dist.topk(min(m, len(dist)))
+        cand_x = x[top.indices.to(x.device)].to("cpu", torch.float64)
+        best_d = torch.cat([best_d, top.values])
+        best_x = cand_x if best_x is None else torch.cat([best_x, cand_x])
+        keep = best_d.topk(min(m, len(best_d))).indices
+        best_d, best_x = best_d[keep], best_x[keep]
+    parts = [p for p in reducer.gather((best_d, best_x)) if p[1] is not None]
+    all_d = torch.cat([p[0] for p in parts])
+    all_x = torch.cat([p[1] for p in parts])
+    return all_x[all_d.topk(min(m, len(all_d))).indices]
+
+
+@dataclass
+class LloydResult:
+    state: LloydState
+    inertia: float  # exact Σ_n ‖z_n − c_{a(n)}‖², all ranks
+    labels: list[torch.Tensor]  # this rank's final labels, per batch
+    counts: torch.Tensor  # rows per cluster, all ranks
+    sq_total: float | None = None  # Σ_n ‖z_n‖², all ranks (None if no iteration ran)
+
+
+def lloyd(
+    batches: Batches,
+    state: LloydState,
+    *,
+    n_iter: int,
+    tol: float,
+    compute_dtype: torch.dtype,
+    reducer: LocalReducer,
+    empty: str = "split",
+    seed: int = 0,
+    on_iteration: Callable[[LloydState], None] | None = None,
+) -> LloydResult:
+    """Iterate from ``state`` until ``n_iter`` iterations, no label change, or a centre
+    shift Σ_k ‖Δc_k‖² ≤ ``tol`` × Σ_n ‖z_n‖² / (N d) (scikit-learn's rule: ``tol`` times the
+    mean per-dimension variance of the centred data). Then one final assignment against
+    the final centroids with the exact float64 inertia.
+
+    ``batches`` yields the data in the compute dtype on the work device, the same batches
+    in the same order on every call. Empty clusters are refilled deterministically (the
+    same way on every rank): ``empty="split"`` splits a populous cluster (faiss's rule),
+    ``"farthest"`` moves them to the rows farthest from their centroids (scikit-learn's).
+    """
+    k, d = state.centroids.shape
+    dev = state.centroids.device
+    sq_total: float | None = None
+    n_total: float | None = None
+    while state.iteration < n_iter and not state.converged:
+        started = time.perf_counter()
+        fresh = state.rows is None
+        old = state.centroids
+        assigner = Assigner(old, compute_dtype)
+        sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        part = torch.zeros(k, d, dtype=compute_dtype, device=dev)
+        counts = torch.zeros(k, dtype=torch.float64, device=dev)
+        changed = scored = sq_sum = 0.0
+        rows_out: list[Rows] = []
+        for i, x in enumerate(batches()):
+            prev = state.rows[i] if state.rows is not None else None
+            rows, ch, sc = assigner.update(x, prev)
+            rows_out.append(rows)
+            changed += ch
+            scored += sc
+            if compute_dtype == torch.float64:
+                sums.index_add_(0, rows.labels, x)
+            else:
+                part.index_add_(0, rows.labels, x)
+                sums += part
+                part.zero_()
+            counts += torch.bincount(rows.labels, minlength=k).to(torch.float64)
+            sq_sum += float(x.square().sum(dtype=torch.float64))
+        packed = torch.cat(
+            [
+                sums.flatten(),
+                counts,
+                torch.tensor([changed, scored, sq_sum], dtype=torch.float64, device=dev),
+            ]
+        )
+        reducer.sum_(packed)
+        sums = packed[: k * d].view(k, d)
+        counts = packed[k * d : k * d + k]
+        changed, scored, sq_sum = packed[k * d + k :].tolist()
+        if sq_total is None:
+            sq_total, n_total = sq_sum, float(counts.sum())
+        # inertia of these labels against the centroids they were assigned to
+        inertia = sq_total - 2 * float((old * sums).sum()) + float((counts * old.square().sum(1)).sum())
+        new = sums / counts.clamp(min=1)[:, None]
+        empties = torch.nonzero(counts == 0).flatten()
+        left: list[int] = []
+        if len(empties) and empty == "farthest":
+            far = _farthest_rows(batches, rows_out, assigner, len(empties), reducer).to(dev)
+            new[empties[: len(far)]] = far
+            left = empties[len(far) :].tolist()
+        elif len(empties):
+            gen = _generator(seed, 31, state.iteration)
+            left = split_clusters(new, counts, empties, gen)
+        if left:
+            new[left] = old[left]
+        drift = (new - old).square().sum(1)
+        shift = float(drift.sum())
+        drift = drift.sqrt_()
+        state.rows = [_shift_bounds(r, drift) for r in rows_out]
+        state.history.append(inertia)
+        state.seconds.append(time.perf_counter() - started)
+        state.changed.append(int(changed))
+        state.scored.append(scored / max(n_total or 1.0, 1.0))
+        state.centroids = new
+        state.iteration += 1
+        tol_abs = tol * sq_total / max((n_total or 1.0) * d, 1.0)
+        state.converged = (not fresh and changed == 0) or shift <= tol_abs
+        if on_iteration is not None:
+            on_iteration(state)
+    result = final_assignment(batches, state, compute_dtype, reducer)
+    result.sq_total = sq_total
+    return result
+
+
+def final_assignment(
+    batches: Batches, state: LloydState, compute_dtype: torch.dtype, reducer: LocalReducer
+) -> LloydResult:
+    """Labels against ``state.centroids`` and the exact float64 inertia (``state`` is not
+    modified, so a checkpoint taken after it resumes to the same result)."""
+    k = state.centroids.shape[0]
+    dev = state.centroids.device
+    assigner = Assigner(state.centroids, compute_dtype)
+    labels: list[torch.Tensor] = []
+    totals = torch.zeros(k + 1, dtype=torch.float64, device=dev)
+    for i, x in enumerate(batches()):
+        prev = state.rows[i] if state.rows is not None else None
+        rows, _, _ = assigner.update(x, prev)
+        labels.append(rows.labels)
+        if x.shape[0]:
+            totals[k] += assigner.own(x, rows.labels).square().sum()
+        totals[:k] += torch.bincount(rows.labels, minlength=k).to(torch.float64)
+    reducer.sum_(totals)
+    return LloydResult(state, float(totals[k]), labels, totals[:k].clone())

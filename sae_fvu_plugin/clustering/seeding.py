@@ -1,0 +1,202 @@
+"""Initial centroids: greedy k-means++, k-means||, random rows, from streamed and sharded data.
+
+Squared distances use the expansion ‖a − b‖² = ‖a‖² − 2 a·b + ‖b‖² on data already centred
+by the global mean (so the expansion keeps its accuracy when activations carry a mean).
+Every random draw comes from a ``torch.Generator`` seeded from (seed, rank, round), so a
+seeding is reproducible for a given data order and number of ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .reduce import LocalReducer
+
+Batches = Callable[[], Iterator[torch.Tensor]]
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = 0
+    for part in key:
+        seed = (seed * 1_000_003 + int(part) + 1) % (1 << 62)
+    return torch.Generator().manual_seed(seed)
+
+
+def uniform_sample(batches: Batches, m: int, seed: int, reducer: LocalReducer) -> torch.Tensor:
+    """m rows drawn uniformly without replacement from all rows of all ranks (float64, in
+    random order): every row gets a random key, the m smallest keys are kept."""
+    gen = _generator(seed, reducer.rank, 7)
+    keys = torch.empty(0, dtype=torch.float64)
+    rows: torch.Tensor | None = None
+    for b in batches():
+        if b.shape[0] == 0:
+            continue
+        kb = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
+        b64 = b.to("cpu", torch.float64)
+        keys = torch.cat([keys, kb])
+        rows = b64 if rows is None else torch.cat([rows, b64])
+        if keys.shape[0] > m:
+            keep = torch.topk(keys, m, largest=False).indices
+            keys, rows = keys[keep], rows[keep]
+    parts = reducer.gather((keys, rows))
+    all_keys = torch.cat([k for k, r in parts if r is not None])
+    all_rows = torch.cat([r for k, r in parts if r is not None])
+    order = torch.argsort(all_keys)[:m]
+    return all_rows[order]
+
+
+def greedy_kmeans_pp(
+    points: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    n_local_trials: int | None = None,
+    weights: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant) on ``points``
+    (m, d), optionally weighted: the first centre is drawn ∝ weight; each next one from
+    ``n_local_trials`` (default 2 + ⌊ln k⌋) candidates drawn ∝ w·D², keeping the candidate
+    that leaves the smallest potential Σ_n w_n min_c ‖p_n − c‖². Returns (k, d) float64.
+
+    With fewer distinct points than k, the remaining centres are unused points in order.
+    """
+    dev = points.device
+    s = points.to(dtype)
+    m = s.shape[0]
+    trials = n_local_trials or 2 + int(math.log(k))
+    w = (
+        torch.ones(m, dtype=torch.float64)
+        if weights is None
+        else weights.to("cpu", torch.float64)
+    )
+    sq = s.square().sum(1)
+
+    def dist_sq(idx: torch.Tensor) -> torch.Tensor:
+        """(len(idx), m) squared distances, float64 on the CPU, clamped at 0."""
+        cand = s[idx.to(dev)]
+        out = torch.addmm(sq[idx.to(dev)][:, None], cand, s.T, beta=1, alpha=-2) + sq
+        return out.to("cpu", torch.float64).clamp_(min=0)
+
+    first = int(torch.multinomial(w / w.sum(), 1, generator=generator))
+    chosen = [first]
+    used = torch.zeros(m, dtype=torch.bool)
+    used[first] = True
+    closest = dist_sq(torch.tensor([first]))[0]
+    closest[first] = 0.0
+    for _ in range(1, k):
+        weighted = w * closest
+        pot = float(weighted.sum())
+        if not pot > 0:  # every point coincides with a centre: take unused points
+            free = torch.nonzero(~used).flatten()
+            if len(free) == 0:
+                break
+            nxt = int(free[0])
+        else:
+            cum = torch.cumsum(weighted, 0)
+            draws = torch.rand(trials, generator=generator, dtype=torch.float64) * cum[-1]
+            cand = torch.searchsorted(cum, draws).clamp_(max=m - 1)
+            dist = torch.minimum(dist_sq(cand), closest)
+            pots = (dist * w).sum(1)
+            best = int(torch.argmin(pots))
+            nxt = int(cand[best])
+            closest = dist[best]
+            closest[nxt] = 0.0
+            chosen.append(nxt)
+            used[nxt] = True
+            continue
+        closest = torch.minimum(closest, dist_sq(torch.tensor([nxt]))[0])
+        closest[nxt] = 0.0
+        chosen.append(nxt)
+        used[nxt] = True
+    return points[torch.tensor(chosen, device=dev)].to(torch.float64).clone()
+
+
+def _min_dist_sq(x: torch.Tensor, cands: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """min over candidates of ‖x − c‖², per row (float64), in row chunks."""
+    c = cands.to(x.device, dtype)
+    csq = c.square().sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 22) // max(c.shape[0], 1))
+    for s in range(0, x.shape[0], step):
+        xs = x[s : s + step].to(dtype)
+        best = torch.addmm(csq, xs, c.T, beta=1, alpha=-2).min(1).values
+        out[s : s + step] = (best.to(torch.float64) + xs.square().sum(1).double()).clamp_(min=0)
+    return out
+
+
+def _nearest(x: torch.Tensor, cands: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    c = cands.to(x.device, dtype)
+    csq = c.square().sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    step = max(1, (1 << 22) // max(c.shape[0], 1))
+    for s in range(0, x.shape[0], step):
+        out[s : s + step] = torch.addmm(csq, x[s : s + step].to(dtype), c.T, alpha=-2).argmin(1)
+    return out
+
+
+def kmeans_parallel(
+    batches: Batches,
+    k: int,
+    seed: int,
+    reducer: LocalReducer,
+    *,
+    rounds: int = 5,
+    oversampling: float = 2.0,
+    n_local_trials: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """k-means|| (Bahmani et al. 2012) over all rows of all ranks.
+
+    One uniform row starts the candidate set C; φ = Σ_n D²(x_n) with D the distance to C.
+    Each of ``rounds`` passes keeps every row independently with probability
+    min(1, ℓ D²(x)/φ), ℓ = ``oversampling`` × k, and adds the kept rows of every rank to C.
+    A last pass weights each candidate by the rows nearest to it; weighted greedy
+    k-means++ on the candidates picks the k centres. If fewer than k candidates were
+    drawn, uniform rows complete the set. Costs 3 + 2 × ``rounds`` passes over the data.
+    """
+    start = uniform_sample(batches, 1, seed, reducer)
+    cands = start
+    d2: list[torch.Tensor] = []
+    for b in batches():
+        d2.append(_min_dist_sq(b, cands, dtype))
+    ell = oversampling * k
+    for r in range(rounds):
+        phi = torch.tensor([float(sum(float(t.sum()) for t in d2))], dtype=torch.float64)
+        phi = float(reducer.sum_(phi))
+        if not phi > 0:
+            break
+        gen = _generator(seed, reducer.rank, 100 + r)
+        picked: list[torch.Tensor] = []
+        for b, dist in zip(batches(), d2, strict=True):
+            u = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
+            keep = (u.to(dist.device) < (ell * dist / phi)).nonzero().flatten()
+            if len(keep):
+                picked.append(b[keep].to("cpu", torch.float64))
+        mine = torch.cat(picked) if picked else torch.empty(0, start.shape[1], dtype=torch.float64)
+        new = torch.cat(reducer.gather(mine))
+        if len(new) == 0:
+            continue
+        cands = torch.cat([cands, new])
+        d2 = [
+            torch.minimum(dist, _min_dist_sq(b, new, dtype))
+            for b, dist in zip(batches(), d2, strict=True)
+        ]
+    if len(cands) < k:
+        extra = uniform_sample(batches, k, seed + 1, reducer)
+        cands = torch.cat([cands, extra[: k - len(cands)]])
+    weights = torch.zeros(len(cands), dtype=torch.float64)
+    for b in batches():
+        if b.shape[0]:
+            lab = _nearest(b, cands, dtype)
+            weights += torch.bincount(lab.cpu(), minlength=len(cands)).to(torch.float64)
+    weights = reducer.sum_(weights)
+    weights = weights.clamp(min=1e-12)  # a candidate may be nobody's nearest after ties
+    return greedy_kmeans_pp(cands, k, _generator(seed, 999), n_local_trials, weights, dtype)
+
+
+def random_rows(sample: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k rows of a uniform random sample (k distinct rows of the data)."""
+    return sample[:k].to(torch.float64).clone()
