@@ -64,6 +64,7 @@ def state_payload(state: LloydState, reducer: LocalReducer) -> dict[str, Any]:
         "changed": list(state.changed),
         "scored": list(state.scored),
         "rows": rows,
+        "movers": None if state.movers is None else state.movers.cpu(),
     }
 
 
@@ -171,6 +172,14 @@ class Checkpoint:
         for key in ("history", "seconds", "changed", "scored"):
             if not isinstance(lloyd.get(key), list) or len(lloyd[key]) != it:
                 raise _fail(path, f"Lloyd {key} does not have one entry per iteration")
+        movers = lloyd.get("movers")
+        if movers is not None and (
+            not isinstance(movers, torch.Tensor)
+            or movers.dtype != torch.long
+            or movers.ndim != 1
+            or (len(movers) and (int(movers.min()) < 0 or int(movers.max()) >= k))
+        ):
+            raise _fail(path, "has invalid mover indices")
         rows = lloyd.get("rows")
         if not isinstance(rows, list) or len(rows) != self.reducer.world:
             raise _fail(path, f"holds rows for {len(rows) if isinstance(rows, list) else '?'} ranks, this fit runs on {self.reducer.world}")
@@ -206,6 +215,7 @@ class Checkpoint:
             changed=list(lloyd["changed"]),
             scored=list(lloyd["scored"]),
             rows=rows,
+            movers=None if lloyd.get("movers") is None else lloyd["movers"].to(device),
         )
 
 

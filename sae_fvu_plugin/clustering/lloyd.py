@@ -64,6 +64,7 @@ class LloydState:
     changed: list[int] = field(default_factory=list)  # labels changed in each iteration
     scored: list[float] = field(default_factory=list)  # share of rows scored in full
     rows: list[Rows] | None = None
+    movers: torch.Tensor | None = None  # centroids that jumped in the last update
 
 
 class Assigner:
@@ -111,35 +112,73 @@ class Assigner:
             out[s : s + step] = diff.square_().sum(1)
         return out.sqrt_()
 
-    def update(self, x: torch.Tensor, rows: Rows | None) -> tuple[Rows, int, int]:
+    def mover_distance(self, x: torch.Tensor, rows: Rows, movers: torch.Tensor) -> torch.Tensor:
+        """Lower bound on each row's distance to the movers other than its own centroid."""
+        cm, sqm = self.c[movers], self.sq[movers]
+        out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        for s in range(0, x.shape[0], self.step):
+            xs = x[s : s + self.step]
+            scores = torch.addmm(sqm, xs, cm.T, beta=1, alpha=-2)
+            own = rows.labels[s : s + self.step, None] == movers[None, :]
+            scores.masked_fill_(own, float("inf"))
+            xsq = xs.square().sum(1).double()
+            best = scores.min(1).values.double() + xsq - self.err * (xsq + self.sq_max)
+            out[s : s + self.step] = best.clamp_(min=0).sqrt_()
+        return out
+
+    def update(
+        self, x: torch.Tensor, rows: Rows | None, movers: torch.Tensor | None = None
+    ) -> tuple[Rows, int, int]:
         """New labels and bounds for the rows of ``x`` (``rows``: their state after the
-        centroids moved, or None). Returns (rows, labels changed, rows scored in full)."""
+        centroids moved, or None; ``movers``: centroids that jumped, whose distances are
+        checked directly instead of widening every bound). Returns (rows, labels
+        changed, rows scored in full)."""
         n = x.shape[0]
         if rows is None:
             return self.full(x), n, n
-        need = torch.nonzero(rows.upper > rows.lower).flatten()
+        lower = rows.lower
+        if movers is not None and len(movers) and n:
+            lower = torch.minimum(lower, self.mover_distance(x, rows, movers))
+            rows = Rows(rows.labels, rows.upper, lower)
+        need = torch.nonzero(rows.upper > lower).flatten()
         if len(need) == 0:
             return rows, 0, 0
         upper = rows.upper.clone()
         own = self.own(x[need], rows.labels[need])
         upper[need] = own
-        need = need[own > rows.lower[need]]
+        need = need[own > lower[need]]
         if len(need) == 0:
-            return Rows(rows.labels, upper, rows.lower), 0, 0
+            return Rows(rows.labels, upper, lower), 0, 0
         if len(need) > _FULL_FRACTION * n:
             new = self.full(x)
             return new, int((new.labels != rows.labels).sum()), n
         part = self.full(x[need])
-        labels, lower = rows.labels.clone(), rows.lower.clone()
+        labels, lower = rows.labels.clone(), lower.clone()
         changed = int((part.labels != labels[need]).sum())
         labels[need], upper[need], lower[need] = part.labels, part.upper, part.lower
         return Rows(labels, upper, lower), changed, len(need)
 
 
-def _shift_bounds(rows: Rows, drift: torch.Tensor) -> Rows:
-    """u += δ_{a(n)}, l −= max_{k≠a(n)} δ_k."""
-    if drift.shape[0] >= 2:
-        top, idx = drift.topk(2)
+def movers_of(drift: torch.Tensor) -> torch.Tensor:
+    """Centroids whose move is an outlier (> 8 × the median move; at most 64): their
+    distances are checked directly, so one far jump (a refilled empty cluster) does not
+    loosen every row's bound."""
+    k = drift.shape[0]
+    if k < 16:
+        return drift.new_empty(0, dtype=torch.long)
+    big = torch.nonzero(drift > 8 * drift.median()).flatten()
+    if len(big) > 64:
+        big = big[drift[big].topk(64).indices]
+    return big
+
+
+def _shift_bounds(rows: Rows, drift: torch.Tensor, movers: torch.Tensor) -> Rows:
+    """u += δ_{a(n)}, l −= max_{k≠a(n), k not a mover} δ_k (movers are checked directly
+    in the next assignment)."""
+    rest = drift.clone()
+    rest[movers] = 0
+    if rest.shape[0] >= 2:
+        top, idx = rest.topk(2)
         other = torch.where(rows.labels == idx[0], top[1], top[0])
     else:
         other = torch.zeros((), dtype=drift.dtype, device=drift.device)
@@ -240,6 +279,7 @@ def lloyd(
     while state.iteration < n_iter and not state.converged:
         started = time.perf_counter()
         fresh = state.rows is None
+        fresh_sq = sq_total is None
         old = state.centroids
         assigner = Assigner(old, compute_dtype)
         sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
@@ -249,7 +289,7 @@ def lloyd(
         rows_out: list[Rows] = []
         for i, x in enumerate(batches()):
             prev = state.rows[i] if state.rows is not None else None
-            rows, ch, sc = assigner.update(x, prev)
+            rows, ch, sc = assigner.update(x, prev, state.movers)
             rows_out.append(rows)
             changed += ch
             scored += sc
@@ -260,7 +300,8 @@ def lloyd(
                 sums += part
                 part.zero_()
             counts += torch.bincount(rows.labels, minlength=k).to(torch.float64)
-            sq_sum += float(x.square().sum(dtype=torch.float64))
+            if fresh_sq:  # once per fit: row sums in the compute dtype, total in float64
+                sq_sum += float(x.square().sum(1).sum(dtype=torch.float64))
         packed = torch.cat(
             [
                 sums.flatten(),
@@ -291,7 +332,9 @@ def lloyd(
         drift = (new - old).square().sum(1)
         shift = float(drift.sum())
         drift = drift.sqrt_()
-        state.rows = [_shift_bounds(r, drift) for r in rows_out]
+        movers = movers_of(drift)
+        state.rows = [_shift_bounds(r, drift, movers) for r in rows_out]
+        state.movers = movers
         state.history.append(inertia)
         state.seconds.append(time.perf_counter() - started)
         state.changed.append(int(changed))
@@ -319,7 +362,7 @@ def final_assignment(
     totals = torch.zeros(k + 1, dtype=torch.float64, device=dev)
     for i, x in enumerate(batches()):
         prev = state.rows[i] if state.rows is not None else None
-        rows, _, _ = assigner.update(x, prev)
+        rows, _, _ = assigner.update(x, prev, state.movers)
         labels.append(rows.labels)
         if x.shape[0]:
             totals[k] += assigner.own(x, rows.labels).square().sum()

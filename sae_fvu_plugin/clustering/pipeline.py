@@ -249,7 +249,8 @@ def fit_codebook(
             entry["lloyd"] = state_payload(state, reducer)
         done = [*done, entry]
         ckpt.save({"stages": done, "current": None})
-        data.finish_stage(stage.best_c, best.labels)
+        if s + 1 < len(stages):
+            data.finish_stage(stage.best_c, best.labels)
         current = None
     return Codebook(
         mean=stats.mean,
@@ -410,7 +411,7 @@ def _best_index(runs: list[dict[str, Any]]) -> int:
 def _sum_sq(data: _Data, reducer: LocalReducer) -> float:
     total = torch.zeros(1, dtype=torch.float64)
     for z in data.batches():
-        total += float(z.square().sum(dtype=torch.float64))
+        total += float(z.square().sum(1).sum(dtype=torch.float64))
     return float(reducer.sum_(total))
 
 

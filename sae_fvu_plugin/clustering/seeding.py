@@ -35,12 +35,13 @@ def uniform_sample(batches: Batches, m: int, seed: int, reducer: LocalReducer) -
         if b.shape[0] == 0:
             continue
         kb = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
-        b64 = b.to("cpu", torch.float64)
-        keys = torch.cat([keys, kb])
-        rows = b64 if rows is None else torch.cat([rows, b64])
-        if keys.shape[0] > m:
-            keep = torch.topk(keys, m, largest=False).indices
-            keys, rows = keys[keep], rows[keep]
+        both = torch.cat([keys, kb])
+        keep = torch.topk(both, min(m, len(both)), largest=False).indices
+        old = keep[keep < len(keys)]
+        new = (keep[keep >= len(keys)] - len(keys)).to(b.device)
+        fresh = b[new].to("cpu", torch.float64)
+        rows = fresh if rows is None else torch.cat([rows[old], fresh])
+        keys = torch.cat([keys[old], kb[new.cpu()]])
     parts = reducer.gather((keys, rows))
     all_keys = torch.cat([k for k, r in parts if r is not None])
     all_rows = torch.cat([r for k, r in parts if r is not None])
@@ -67,47 +68,39 @@ def greedy_kmeans_pp(
     s = points.to(dtype)
     m = s.shape[0]
     trials = n_local_trials or 2 + int(math.log(k))
-    w = (
-        torch.ones(m, dtype=torch.float64)
-        if weights is None
-        else weights.to("cpu", torch.float64)
-    )
+    w = torch.ones(m, dtype=dtype, device=dev) if weights is None else weights.to(dev, dtype)
     sq = s.square().sum(1)
 
     def dist_sq(idx: torch.Tensor) -> torch.Tensor:
-        """(len(idx), m) squared distances, float64 on the CPU, clamped at 0."""
-        cand = s[idx.to(dev)]
-        out = torch.addmm(sq[idx.to(dev)][:, None], cand, s.T, beta=1, alpha=-2) + sq
-        return out.to("cpu", torch.float64).clamp_(min=0)
+        """(m, len(idx)) squared distances, clamped at 0 (one tall matmul)."""
+        idx = idx.to(dev)
+        out = s @ s[idx].T
+        return out.mul_(-2).add_(sq[:, None]).add_(sq[idx]).clamp_(min=0)
 
-    first = int(torch.multinomial(w / w.sum(), 1, generator=generator))
+    w64 = w.to("cpu", torch.float64)
+    first = int(torch.multinomial(w64 / w64.sum(), 1, generator=generator))
     chosen = [first]
-    used = torch.zeros(m, dtype=torch.bool)
+    used = torch.zeros(m, dtype=torch.bool, device=dev)
     used[first] = True
-    closest = dist_sq(torch.tensor([first]))[0]
+    closest = dist_sq(torch.tensor([first]))[:, 0]
     closest[first] = 0.0
     for _ in range(1, k):
-        weighted = w * closest
-        pot = float(weighted.sum())
-        if not pot > 0:  # every point coincides with a centre: take unused points
+        weighted = (w * closest).to("cpu", torch.float64)
+        cum = torch.cumsum(weighted, 0)
+        if not float(cum[-1]) > 0:  # every point coincides with a centre: take unused points
             free = torch.nonzero(~used).flatten()
             if len(free) == 0:
                 break
             nxt = int(free[0])
+            closest = torch.minimum(closest, dist_sq(torch.tensor([nxt]))[:, 0])
         else:
-            cum = torch.cumsum(weighted, 0)
             draws = torch.rand(trials, generator=generator, dtype=torch.float64) * cum[-1]
             cand = torch.searchsorted(cum, draws).clamp_(max=m - 1)
-            dist = torch.minimum(dist_sq(cand), closest)
-            pots = (dist * w).sum(1)
+            dist = torch.minimum(dist_sq(cand), closest[:, None])
+            pots = (dist * w[:, None]).sum(0, dtype=torch.float64)
             best = int(torch.argmin(pots))
             nxt = int(cand[best])
-            closest = dist[best]
-            closest[nxt] = 0.0
-            chosen.append(nxt)
-            used[nxt] = True
-            continue
-        closest = torch.minimum(closest, dist_sq(torch.tensor([nxt]))[0])
+            closest = dist[:, best].contiguous()
         closest[nxt] = 0.0
         chosen.append(nxt)
         used[nxt] = True
