@@ -12,9 +12,11 @@ export TOKENIZERS_PARALLELISM := false
 setup:
 	@bash scripts/setup.sh
 
-# The main job: the clustering-vs-FVU sweep on SmolLM2-135M + Jane Austen (offline).
+# The main job on SmolLM2-135M + Jane Austen (offline): the clustering sweep, then the
+# CPU-sized frontier (SAEs vs clustering at every L0).
 demo: setup
-	$(PY) -m sae_fvu_plugin.experiments.clustering_sweep $(ARGS)
+	$(VENV)/bin/sae-fvu sweep $(ARGS)
+	$(VENV)/bin/sae-fvu frontier $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check sae_fvu_plugin tests benchmarks scripts patches/equivalence

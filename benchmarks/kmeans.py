@@ -59,7 +59,9 @@ def real_activations(n: int, layer: int = 15) -> torch.Tensor:
     from sae_fvu_plugin.data import load_model, split_contexts
 
     model = load_model()
-    split = split_contexts("austen", model.tokenizer, context_size=128, n_fit=-(-n // 127), n_eval=0, seed=123)
+    split = split_contexts(
+        "austen", model.tokenizer, context_size=128, n_fit=-(-n // 127), n_eval=0, seed=123
+    )
     acts = collect_activations(
         model, split.dataset("fit"), f"blocks.{layer}.hook_resid_post", n, drop_first_position=True
     )
@@ -106,7 +108,9 @@ def ours(x, k, iters, device, init=None):
 def faiss_fit(x, k, iters, device, init=None):
     import faiss
 
-    km = faiss.Kmeans(x.shape[1], k, niter=iters, verbose=False, seed=0, max_points_per_centroid=10**9)
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=iters, verbose=False, seed=0, max_points_per_centroid=10**9
+    )
     xn = np.ascontiguousarray(x.numpy())
     kw = {} if init is None else {"init_centroids": np.ascontiguousarray(init.numpy())}
     t = time.perf_counter()
@@ -117,7 +121,14 @@ def faiss_fit(x, k, iters, device, init=None):
 def sklearn_fit(x, k, iters, device, init=None):
     from sklearn.cluster import KMeans
 
-    km = KMeans(k, init="k-means++" if init is None else init.numpy(), n_init=1, max_iter=iters, tol=0.0, random_state=0)
+    km = KMeans(
+        k,
+        init="k-means++" if init is None else init.numpy(),
+        n_init=1,
+        max_iter=iters,
+        tol=0.0,
+        random_state=0,
+    )
     t = time.perf_counter()
     km.fit(x.numpy())
     return time.perf_counter() - t, km.n_iter_, torch.from_numpy(km.cluster_centers_).double(), {}
@@ -145,7 +156,9 @@ def table(title: str, results: dict, ref: str = "faiss") -> None:
     best = min(v["inertia"] for v in results.values())
     base = results.get(ref, next(iter(results.values())))["per_iter"]
     print(f"  {title}")
-    print(f"    {'library':<8} {'s/iter':>8} {'vs faiss':>9} {'whole s':>8} {'iters':>6} {'inertia':>16} {'vs best':>9}")
+    print(
+        f"    {'library':<8} {'s/iter':>8} {'vs faiss':>9} {'whole s':>8} {'iters':>6} {'inertia':>16} {'vs best':>9}"
+    )
     for lib, v in results.items():
         print(
             f"    {lib:<8} {v['per_iter']:8.3f} {v['per_iter'] / base:9.3f} {v['seconds']:8.2f} "
@@ -160,7 +173,9 @@ def table(title: str, results: dict, ref: str = "faiss") -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--ks", type=int, nargs="+", default=[1024, 4096])
@@ -168,7 +183,9 @@ def main() -> None:
     p.add_argument("--data", nargs="+", default=["normal", "mixture", "real"])
     p.add_argument("--real-tokens", type=int, default=50_000)
     p.add_argument("--libs", nargs="+", default=["ours", "faiss", "sklearn"])
-    p.add_argument("--sklearn-whole", action="store_true", help="also time scikit-learn's own seeding")
+    p.add_argument(
+        "--sklearn-whole", action="store_true", help="also time scikit-learn's own seeding"
+    )
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     print(f"torch threads={torch.get_num_threads()}, device={a.device}, {a.iters} iterations")
@@ -187,17 +204,29 @@ def main() -> None:
                 except ImportError as err:
                     print(f"  {lib}: skipped ({err})")
                     continue
-                same[lib] = {"per_iter": dt / max(iters, 1), "seconds": dt, "iters": iters, "inertia": inertia(x, cents)} | extra
+                same[lib] = {
+                    "per_iter": dt / max(iters, 1),
+                    "seconds": dt,
+                    "iters": iters,
+                    "inertia": inertia(x, cents),
+                } | extra
                 if lib == "sklearn" and not a.sklearn_whole:
                     continue
                 dt, iters, cents, extra = RUNNERS[lib](x, k, a.iters, a.device, None)
-                own[lib] = {"per_iter": dt / max(iters, 1), "seconds": dt, "iters": iters, "inertia": inertia(x, cents)} | extra
+                own[lib] = {
+                    "per_iter": dt / max(iters, 1),
+                    "seconds": dt,
+                    "iters": iters,
+                    "inertia": inertia(x, cents),
+                } | extra
             print(f"\n k = {k}")
             table("same initial centroids (Lloyd iterations):", same)
             table("each library's own seeding, whole fit:", own)
             if "ours" in own and "faiss" in own:
                 r = own["ours"]["seconds"] / own["faiss"]["seconds"]
-                print(f"    whole fit, ours / faiss train: {r:.3f} (ours {own['ours']['iters']} iterations, faiss {own['faiss']['iters']})")
+                print(
+                    f"    whole fit, ours / faiss train: {r:.3f} (ours {own['ours']['iters']} iterations, faiss {own['faiss']['iters']})"
+                )
             if a.device.startswith("cuda"):
                 flops = assignment_flops(x, k, a.device)
                 print(f"    assignment matmul: {flops / 1e12:.1f} TFLOP/s achieved")

@@ -34,7 +34,9 @@ def mixture(n: int, d: int, k: int, sep: float, offset: float, seed: int) -> tor
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--n", type=int, default=6000)
     a = p.parse_args()
@@ -43,7 +45,9 @@ def main() -> None:
     from sae_fvu_plugin.clustering import fit_kmeans
 
     grid = list(itertools.product([8, 24, 64], [16, 64], [0.0, 1000.0], [2.0, 6.0]))
-    print(f"{len(grid)} mixtures × {a.seeds} seeds, n = {a.n}; ratios = ours / scikit-learn's inertia")
+    print(
+        f"{len(grid)} mixtures × {a.seeds} seeds, n = {a.n}; ratios = ours / scikit-learn's inertia"
+    )
     head = (
         f"{'k':>3} {'d':>3} {'offset':>6} {'sep':>4} | {'default med':>11} {'worst':>7} "
         f"{'sk worst':>8} {'means':>6} | {'n_init=5 med':>12} {'worst':>7} | {'plain++ med':>11} "
@@ -67,7 +71,9 @@ def main() -> None:
             sk_abs.append(sk1)
             r["default"].append(mine / sk1)
             r["n_init5"].append(fit_kmeans(x, k, n_init=5, **common).cfg.metadata.inertia / sk5)
-            r["plain"].append(fit_kmeans(x, k, n_local_trials=1, **common).cfg.metadata.inertia / sk1)
+            r["plain"].append(
+                fit_kmeans(x, k, n_local_trials=1, **common).cfg.metadata.inertia / sk1
+            )
             r["par"].append(fit_kmeans(x, k, init="k-means||", **common).cfg.metadata.inertia / sk1)
         for key in every:
             every[key] += r[key]

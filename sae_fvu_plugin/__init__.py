@@ -31,7 +31,21 @@ _EXPORTS = {
     "FVUWarning": ".stats",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "DEFINITIONS",
+    "SAEBENCH_0_6",
+    "DefinitionRegistry",
+    "FVUAccumulator",
+    "FVUDefinition",
+    "FVUWarning",
+    "UnknownDefinitionError",
+    "__version__",
+    "explained_variance",
+    "fvu",
+    "fvu_many",
+    "get_definition",
+    "register_definition",
+]
 
 if TYPE_CHECKING:
     from .accumulator import FVUAccumulator

@@ -65,10 +65,14 @@ def add_options(
         elif base.startswith("list["):
             kw["nargs"] = "+"
             kw["type"] = _scalar(base[5:-1])
-            kw["help"] = f"{help_text} (default: {' '.join(map(str, default)) if default else 'none'})"
+            kw["help"] = (
+                f"{help_text} (default: {' '.join(map(str, default)) if default else 'none'})"
+            )
         else:
             kw["type"] = _scalar(base)
-            kw["help"] = f"{help_text} " + ("(required)" if kw.get("required") else f"(default: {shown})")
+            kw["help"] = f"{help_text} " + (
+                "(required)" if kw.get("required") else f"(default: {shown})"
+            )
             if "choices" in f.metadata:
                 kw["choices"] = list(f.metadata["choices"])
         if "metavar" in f.metadata:

@@ -1,11 +1,25 @@
 """What the SAEBench and SAELens integrations share: the selection of definitions for one
-eval run, the run's accumulator, and explicit, reversible attribute patches."""
+eval run, the run's state, observing an eval loop's batches without touching the SAE, and
+explicit, reversible, reference-counted patches.
+
+Threads and contexts: ``enable()`` / ``disable()`` switch the plugin on and off for the
+whole process. ``with enabled(...)`` keeps it on for the block and sets the defaults for
+stock configs *in the current thread / context only*; overlapping blocks in several
+threads each keep their own defaults, and the patch stays until the last block exits (and
+``disable()`` was called, or ``enable()`` never was). Observation belongs to one
+``run_evals`` call: the SAE and the activation store are wrapped in per-call proxies, so
+concurrent runs on the same SAE object never see each other's batches and nothing is
+ever set on the SAE.
+"""
 
 from __future__ import annotations
 
 import contextvars
+import importlib.metadata
 import inspect
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,8 +30,11 @@ import torch
 
 from .accumulator import FVUAccumulator
 from .definitions import DEFINITIONS
+from .stats import FVUWarning, NonFiniteError
 
 DEFAULT_DEFINITION = "fvu_a"
+DEFAULT_BOOTSTRAP = 100
+DEFAULT_CI_LEVEL = 0.95
 
 
 def check_definition_name(name: Any) -> str:
@@ -58,17 +75,38 @@ def check_norm_threshold(value: Any) -> float | None:
     return float(value)
 
 
+def check_bootstrap(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"explained_variance_bootstrap must be a non-negative int (0 = no intervals), got {value!r}."
+        )
+    return value
+
+
+def check_ci_level(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(
+            f"explained_variance_ci_level must be in (0, 1), e.g. 0.95; got {value!r}."
+        )
+    return float(value)
+
+
 @dataclass
 class Selection:
-    """The definition reported as ``explained_variance``, the extra ones to report, and the
-    optional token-norm threshold above which tokens are left out of every definition."""
+    """The definition reported as ``explained_variance``, the extra ones to report, the
+    optional token-norm threshold, and the bootstrap settings."""
 
     definition: str = DEFAULT_DEFINITION
     report: list[str] = field(default_factory=list)
     exclude_norm_above: float | None = None
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    ci_level: float = DEFAULT_CI_LEVEL
+    seed: int = 0
 
     def accumulator(self) -> FVUAccumulator:
-        return FVUAccumulator([self.definition, *self.report])
+        return FVUAccumulator(
+            [self.definition, *self.report], bootstrap=self.bootstrap, seed=self.seed
+        )
 
     def keep(self, x: torch.Tensor) -> torch.Tensor | None:
         """Keep-mask over the tokens of x (..., d) for the norm threshold (None: keep all)."""
@@ -86,8 +124,18 @@ class Selection:
                 check_norm_threshold(
                     getattr(config, "explained_variance_exclude_norm_above", None)
                 ),
+                check_bootstrap(getattr(config, "explained_variance_bootstrap", default.bootstrap)),
+                check_ci_level(getattr(config, "explained_variance_ci_level", default.ci_level)),
+                int(getattr(config, "explained_variance_seed", default.seed)),
             )
-        return cls(default.definition, list(default.report))
+        return cls(
+            default.definition,
+            list(default.report),
+            None,
+            default.bootstrap,
+            default.ci_level,
+            default.seed,
+        )
 
 
 @dataclass
@@ -95,8 +143,7 @@ class RunState:
     """One eval run: what to report and, once the loop ran, the values."""
 
     selection: Selection
-    by_definition: dict[str, float] | None = None
-    excluded_tokens: int = 0
+    quality: dict[str, Any] | None = None  # keys added to reconstruction_quality
 
 
 _RUN: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("sae_fvu_run", default=None)
@@ -115,106 +162,335 @@ def run_scope(selection: Selection) -> Iterator[RunState]:
 def current_run(default: Selection) -> RunState:
     """The enclosing run (set by the run_evals wrapper), or a fresh one with defaults."""
     state = _RUN.get()
-    return (
-        state
-        if state is not None
-        else RunState(Selection(default.definition, list(default.report)))
-    )
+    return state if state is not None else RunState(Selection.from_config(None, default))
 
 
-def ordered_explained_variance(acc: FVUAccumulator, selection: Selection) -> dict[str, float]:
-    """{name: 1 − FVU}, the selected definition first."""
-    ev = acc.explained_variance()
-    return {selection.definition: ev[selection.definition]} | ev
+# ---------------------------------------------------------------------- observing
+
+
+def ignore_mask(tokens: torch.Tensor, ignore_tokens: Any) -> torch.Tensor:
+    """SAEBench / SAELens: tokens equal to any of ``ignore_tokens`` are not evaluated."""
+    if ignore_tokens:
+        return torch.logical_not(
+            torch.any(torch.stack([tokens == t for t in ignore_tokens], dim=0), dim=0)
+        )
+    return torch.ones_like(tokens, dtype=torch.bool)
+
+
+class BatchFeeder:
+    """Feeds one eval loop's batches into the run's accumulator and turns what cannot be
+    computed into NaN + an :class:`FVUWarning` instead of an exception (every other
+    metric of the loop is then reported exactly as stock)."""
+
+    def __init__(self, run: RunState, library: str) -> None:
+        self.run = run
+        self.library = library
+        self.acc = run.selection.accumulator()
+        self.excluded = 0
+        self.masked = 0
+        self.seen_tokens = 0
+        self.batches = 0
+        self.non_finite: list[tuple[int, int, int]] = []  # (batch, entries in x, in x_hat)
+
+    def feed(
+        self,
+        x: torch.Tensor,
+        x_hat: torch.Tensor,
+        mask: torch.Tensor | None,
+        units: torch.Tensor | None = None,
+    ) -> None:
+        self.batches += 1
+        keep = mask
+        by_norm = self.run.selection.keep(x)
+        n_tok = int(torch.tensor(x.shape[:-1]).prod()) if x.ndim > 1 else 1
+        self.seen_tokens += n_tok
+        if keep is not None:
+            self.masked += int((~keep).sum())
+        if by_norm is not None:
+            self.excluded += int((~by_norm).sum()) if keep is None else int((keep & ~by_norm).sum())
+            keep = by_norm if keep is None else keep & by_norm
+        try:
+            self.acc.update(x, x_hat, keep, units)
+        except NonFiniteError as err:
+            self.non_finite.append((self.batches, err.bad_x, err.bad_x_hat))
+            warnings.warn(
+                f"sae_fvu_plugin ({self.library}), eval batch {self.batches}: {err.bad_x} NaN/inf "
+                f"entries in x and {err.bad_x_hat} in x_hat; explained variance is reported as "
+                "NaN under every definition, every other metric as the library computes it.",
+                FVUWarning,
+                stacklevel=2,
+            )
+
+    def finish(self) -> dict[str, Any]:
+        """The keys this run adds to ``reconstruction_quality``."""
+        sel = self.run.selection
+        names = [sel.definition, *[n for n in self.acc.names if n != sel.definition]]
+        nan = float("nan")
+        quality: dict[str, Any] = {
+            "explained_variance_definition": sel.definition,
+            "explained_variance_excluded_tokens": self.excluded,
+        }
+        problem = ""
+        if self.non_finite:
+            problem = (
+                f"{len(self.non_finite)} eval batch(es) had NaN/inf values (batch, x, x_hat: "
+                f"{self.non_finite[:5]})"
+            )
+        elif self.acc.n_tokens == 0:
+            if sel.exclude_norm_above is not None and self.excluded:
+                problem = (
+                    f"explained_variance_exclude_norm_above={sel.exclude_norm_above} left out every "
+                    f"evaluated token ({self.excluded} of {self.seen_tokens}); raise the threshold"
+                )
+            else:
+                problem = (
+                    f"the ignore_tokens mask covered every token ({self.masked} of "
+                    f"{self.seen_tokens}); evaluate on text with other tokens"
+                )
+        if problem:
+            warnings.warn(
+                f"sae_fvu_plugin ({self.library}): explained variance is NaN: {problem}.",
+                FVUWarning,
+                stacklevel=2,
+            )
+            quality["explained_variance"] = nan
+            quality["explained_variance_by_definition"] = dict.fromkeys(names, nan)
+            quality["explained_variance_note"] = problem
+            return quality
+        ev = self.acc.explained_variance()
+        quality["explained_variance"] = ev[sel.definition]
+        quality["explained_variance_by_definition"] = {n: ev[n] for n in names}
+        prov = self.acc.provenance()
+        quality["explained_variance_provenance"] = {
+            n: prov
+            | {
+                "depends_on_eval_batch": DEFINITIONS[n].center == "batch"
+                or DEFINITIONS[n].reduce == "per_batch"
+                or DEFINITIONS[n].formula != "standard"
+            }
+            for n in names
+        }
+        if self.acc.bootstrap:
+            reps = self.acc.bootstrap_replicates()
+            from .bootstrap import percentile_interval
+
+            quality["explained_variance_ci"] = {}
+            quality["explained_variance_replicates"] = {}
+            for n in names:
+                lo, hi = percentile_interval(reps[n], sel.ci_level)
+                quality["explained_variance_ci"][n] = [1.0 - hi, 1.0 - lo]
+                quality["explained_variance_replicates"][n] = (1.0 - reps[n]).tolist()
+            quality["explained_variance_ci_level"] = sel.ci_level
+            quality["explained_variance_bootstrap"] = self.acc.bootstrap
+            quality["explained_variance_bootstrap_seed"] = self.acc.seed
+        return quality
+
+
+class Proxy:
+    """Forwards every attribute to ``target`` except the ones given (per-call wrappers)."""
+
+    def __init__(self, target: Any, **overrides: Any) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_overrides", overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        over = object.__getattribute__(self, "_overrides")
+        if name in over:
+            return over[name]
+        return getattr(object.__getattribute__(self, "_target"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_target"), name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return object.__getattribute__(self, "_target")(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------ patches
+
+
+class UnsupportedVersionError(RuntimeError):
+    """The installed SAEBench / SAELens is not one the plugin knows how to extend."""
+
+
+def version_of(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def require_parameters(name: str, fn: Any, params: Sequence[str], supported: str) -> None:
+    """Fail early, with one clear error, when an upstream function lost a parameter the
+    plugin relies on."""
+    try:
+        have = set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        have = set()
+    missing = [p for p in params if p not in have]
+    if missing:
+        raise UnsupportedVersionError(
+            f"{name} has no parameter(s) {missing} in the installed version; sae_fvu_plugin "
+            f"supports {supported}. Install a supported version, or use the patches in "
+            "patches/ against your version."
+        )
 
 
 class Patcher:
-    """Swap named attributes of modules while enabled; restore them exactly on disable.
+    """Swap module attributes while in use; restore them exactly afterwards.
 
-    Thread-safe and idempotent; nothing happens until :meth:`enable`.
+    Every module in ``sys.modules`` that holds the original object under the patched name
+    (e.g. ``sae_lens.run_evals``, bound at import) is patched too, and on restore every
+    module holding a patched object gets the original back — including modules imported
+    while the plugin was enabled. Reference-counted: ``acquire``/``release`` pairs nest
+    across threads; ``enable``/``disable`` hold one global reference.
     """
 
-    def __init__(self, name: str, targets: Callable[[], list[tuple[ModuleType, str, Any]]]):
+    def __init__(
+        self,
+        name: str,
+        targets: Callable[[], list[tuple[ModuleType, str, Any]]],
+        check: Callable[[], None],
+    ) -> None:
         self.name = name
         self._targets = targets
-        self._saved: list[tuple[ModuleType, str, Any]] = []
-        self._lock = threading.Lock()
+        self._check = check
+        self._saved: list[tuple[str, Any, Any]] = []  # (attribute, original, replacement)
+        self._lock = threading.RLock()
+        self._scoped = 0
+        self._global = False
 
     @property
     def is_enabled(self) -> bool:
         return bool(self._saved)
 
+    def _apply(self) -> None:
+        if self._saved:
+            return
+        self._check()
+        targets = self._targets()
+        for module, attr, _ in targets:
+            if not hasattr(module, attr):
+                raise UnsupportedVersionError(
+                    f"{self.name}: {module.__name__}.{attr} does not exist in the installed "
+                    "version; this plugin supports the pinned releases (see README)."
+                )
+        for module, attr, new in targets:
+            old = getattr(module, attr)
+            self._saved.append((attr, old, new))
+            for mod in list(sys.modules.values()):
+                if mod is not None and getattr(mod, attr, None) is old:
+                    setattr(mod, attr, new)
+            setattr(module, attr, new)
+
+    def _restore(self) -> None:
+        for attr, old, new in reversed(self._saved):
+            for mod in list(sys.modules.values()):
+                try:
+                    if mod is not None and getattr(mod, attr, None) is new:
+                        setattr(mod, attr, old)
+                except Exception:  # exotic module objects: nothing of ours there
+                    continue
+        self._saved.clear()
+
     def enable(self) -> None:
         with self._lock:
-            if self._saved:
-                return
-            targets = self._targets()
-            for module, attr, _ in targets:
-                if not hasattr(module, attr):
-                    raise RuntimeError(
-                        f"{self.name}: {module.__name__}.{attr} does not exist in the installed "
-                        "version; this plugin supports the pinned releases (see README)."
-                    )
-            for module, attr, new in targets:
-                self._saved.append((module, attr, getattr(module, attr)))
-                setattr(module, attr, new)
+            self._apply()
+            self._global = True
 
     def disable(self) -> None:
         with self._lock:
-            for module, attr, old in reversed(self._saved):
-                setattr(module, attr, old)
-            self._saved.clear()
+            self._global = False
+            if self._scoped == 0:
+                self._restore()
 
-    def original(self, module: ModuleType, attr: str) -> Any:
-        for m, a, old in self._saved:
-            if m is module and a == attr:
+    def acquire(self) -> None:
+        with self._lock:
+            self._apply()
+            self._scoped += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._scoped -= 1
+            if self._scoped == 0 and not self._global:
+                self._restore()
+
+    def original(self, attr: str, module: ModuleType) -> Any:
+        for a, old, _ in self._saved:
+            if a == attr:
                 return old
         return getattr(module, attr)
 
 
 class Integration:
-    """One library's opt-in: its patch, the defaults for stock configs, and the
-    ``run_evals`` wrapper that adds ``explained_variance_definition`` and
-    ``explained_variance_by_definition`` to ``metrics["reconstruction_quality"]``."""
+    """One library's opt-in: its patch, the defaults for stock configs (process-wide from
+    ``enable``, per context inside ``enabled``), and the ``run_evals`` wrapper."""
 
     def __init__(
         self,
         name: str,
         module: ModuleType,
         targets: Callable[[Integration], list[tuple[ModuleType, str, Any]]],
+        check: Callable[[], None],
     ) -> None:
         self.module = module
-        self.defaults = Selection()
-        self.patch = Patcher(name, lambda: targets(self))
+        self.global_defaults = Selection()
+        self._scoped_defaults: contextvars.ContextVar[Selection | None] = contextvars.ContextVar(
+            f"{name}_defaults", default=None
+        )
+        self.patch = Patcher(name, lambda: targets(self), check)
+
+    @property
+    def defaults(self) -> Selection:
+        scoped = self._scoped_defaults.get()
+        return scoped if scoped is not None else self.global_defaults
+
+    @staticmethod
+    def _selection(
+        definition: str, report: Sequence[str], bootstrap: int | None, ci_level: float | None
+    ) -> Selection:
+        return Selection(
+            check_definition_name(definition),
+            check_report_names(list(report)),
+            None,
+            DEFAULT_BOOTSTRAP if bootstrap is None else check_bootstrap(bootstrap),
+            DEFAULT_CI_LEVEL if ci_level is None else check_ci_level(ci_level),
+        )
 
     def enable(
-        self, default_definition: str = DEFAULT_DEFINITION, default_report: Sequence[str] = ()
+        self,
+        default_definition: str = DEFAULT_DEFINITION,
+        default_report: Sequence[str] = (),
+        bootstrap: int | None = None,
+        ci_level: float | None = None,
     ) -> None:
-        self.defaults = Selection(
-            check_definition_name(default_definition), check_report_names(list(default_report))
-        )
+        sel = self._selection(default_definition, default_report, bootstrap, ci_level)
         self.patch.enable()
+        self.global_defaults = sel
 
     def disable(self) -> None:
         self.patch.disable()
-        self.defaults = Selection()
+        self.global_defaults = Selection()
 
     @contextmanager
     def enabled(
-        self, default_definition: str = DEFAULT_DEFINITION, default_report: Sequence[str] = ()
+        self,
+        default_definition: str = DEFAULT_DEFINITION,
+        default_report: Sequence[str] = (),
+        bootstrap: int | None = None,
+        ci_level: float | None = None,
     ) -> Iterator[None]:
-        was, previous = self.patch.is_enabled, self.defaults
-        self.enable(default_definition, default_report)
+        sel = self._selection(default_definition, default_report, bootstrap, ci_level)
+        self.patch.acquire()
+        token = self._scoped_defaults.set(sel)
         try:
             yield
         finally:
-            if was:
-                self.enable(previous.definition, previous.report)
-            else:
-                self.disable()
+            self._scoped_defaults.reset(token)
+            self.patch.release()
 
     def original(self, attr: str) -> Any:
-        return self.patch.original(self.module, attr)
+        return self.patch.original(attr, self.module)
 
     def run_evals(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         original = self.original("run_evals")
@@ -224,8 +500,6 @@ class Integration:
         with run_scope(selection) as run:
             metrics, feature_metrics = original(*args, **kwargs)
         quality = metrics.get("reconstruction_quality")
-        if quality is not None and run.by_definition is not None:
-            quality["explained_variance_definition"] = selection.definition
-            quality["explained_variance_by_definition"] = run.by_definition
-            quality["explained_variance_excluded_tokens"] = run.excluded_tokens
+        if quality is not None and run.quality is not None:
+            quality.update(run.quality)
         return metrics, feature_metrics

@@ -17,6 +17,9 @@ import sys
 from typing import Any
 
 from . import _cli
+from .experiments.config import FrontierConfig, SweepConfig
+from .experiments.config import add_arguments as add_experiment_arguments
+from .experiments.config import config_from_args as experiment_config
 from .options import EvalCommand, FitCommand, KMeansOptions
 
 
@@ -38,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=EvalCommand.__doc__,
     )
     _cli.add_options(e, EvalCommand)
+    s = sub.add_parser(
+        "sweep",
+        help="the clustering sweep: k-means and PCA + k-means under every definition",
+        description=SweepConfig.__doc__,
+    )
+    add_experiment_arguments(s, SweepConfig)
+    fr = sub.add_parser(
+        "frontier",
+        help="SAEs vs clustering at every L0, under every definition",
+        description=FrontierConfig.__doc__,
+    )
+    add_experiment_arguments(fr, FrontierConfig)
     return p
 
 
@@ -53,6 +68,10 @@ def _main(argv: list[str] | None) -> Any:
             options = KMeansOptions(**_cli.collect(args, KMeansOptions))
         elif args.command == "eval":
             cmd = EvalCommand(**_cli.collect(args, EvalCommand))
+        elif args.command == "sweep":
+            cmd = experiment_config(args, SweepConfig)
+        elif args.command == "frontier":
+            cmd = experiment_config(args, FrontierConfig)
     except (ValueError, TypeError) as err:
         raise _cli.UsageError(str(err)) from None
     import warnings
@@ -62,6 +81,14 @@ def _main(argv: list[str] | None) -> Any:
         from .clustering.cli import fit_command
 
         return fit_command(cmd, options)
+    if args.command == "sweep":
+        from .experiments.clustering_sweep import run as run_sweep
+
+        return run_sweep(cmd)
+    if args.command == "frontier":
+        from .experiments.frontier import run as run_frontier
+
+        return run_frontier(cmd)
     from .clustering.cli import eval_command
 
     return eval_command(cmd)

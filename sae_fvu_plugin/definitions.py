@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Reduce = Literal["pooled", "per_token", "per_dim", "per_batch"]
 Center = Literal["global", "batch", "none"]
@@ -65,6 +65,12 @@ class FVUDefinition(BaseModel):
                 "centred over the same scope as x); got center='none'."
             )
         return self
+
+    def label(self) -> str:
+        """A name for an unregistered definition: ``reduce/center[/res]`` (or its formula)."""
+        if self.formula != "standard":
+            return self.formula
+        return f"{self.reduce}/{self.center}" + ("/res" if self.center_residual else "")
 
     @property
     def streamable(self) -> bool:
@@ -126,6 +132,14 @@ _PRESETS: dict[str, FVUDefinition] = {
         description="Per eval batch ΣVar(r)/ΣVar(x), averaged over batches: "
         "dictionary_learning frac_variance_explained.",
     ),
+    "fvu_a_evs": FVUDefinition(
+        reduce="pooled",
+        center="global",
+        center_residual=True,
+        description="Ratio of sums with the residual's mean removed: 1 − ΣVar(r)/ΣVar(x) "
+        "(torchmetrics ExplainedVariance(multioutput='variance_weighted'), sklearn "
+        "explained_variance_score(multioutput='variance_weighted')).",
+    ),
     "saebench_0_6": FVUDefinition(
         reduce="per_batch",
         center="none",
@@ -144,7 +158,21 @@ subtracts the square of the mean *of squares* per dimension, not ‖E[x]‖², s
 wrong for activations with a mean and can exceed 1.
 """
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+
+
+def check_definition(definition: Any) -> FVUDefinition:
+    """``definition`` re-validated: objects made with ``model_construct`` or
+    ``model_copy(update=...)`` skip pydantic's checks, so a field like ``center="bogus"``
+    would otherwise silently compute the uncentred value."""
+    if not isinstance(definition, FVUDefinition):
+        raise TypeError(f"definition must be an FVUDefinition, got {type(definition).__name__}.")
+    try:
+        return FVUDefinition.model_validate(
+            {k: getattr(definition, k) for k in FVUDefinition.model_fields}
+        )
+    except ValidationError as err:
+        raise ValueError(f"Invalid FVUDefinition {definition!r}: {err}") from None
 
 
 class DefinitionRegistry(Mapping[str, FVUDefinition]):
@@ -175,15 +203,12 @@ class DefinitionRegistry(Mapping[str, FVUDefinition]):
         return tuple(n for n in self._defs if n in self._presets)
 
     def register(self, name: str, definition: FVUDefinition, *, overwrite: bool = False) -> None:
-        if not isinstance(name, str) or not _NAME.match(name) or name == "all":
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "all":
             raise ValueError(
-                f"Definition name {name!r} is not valid: use letters, digits, '_', '.', '-' "
+                f"Definition name {name!r} is not valid: 1-64 letters, digits, '_', '.', '-' "
                 "(starting with a letter or '_'); 'all' is reserved."
             )
-        if not isinstance(definition, FVUDefinition):
-            raise TypeError(
-                f"definition must be an FVUDefinition, got {type(definition).__name__}."
-            )
+        definition = check_definition(definition)
         if name in self._presets:
             raise ValueError(f"{name!r} is a built-in preset and cannot be replaced.")
         if name in self._defs and not overwrite and self._defs[name] != definition:
@@ -199,12 +224,21 @@ class DefinitionRegistry(Mapping[str, FVUDefinition]):
         self[name]  # raises the helpful error for unknown names
         del self._defs[name]
 
+    def name_of(self, definition: FVUDefinition) -> str | None:
+        """The registered name of a definition equal to ``definition`` (None if none)."""
+        for name, d in self._defs.items():
+            if d == definition:
+                return name
+        return None
+
     def resolve(self, names: str | Sequence[str]) -> list[str]:
-        """Expand ``"all"`` (every registered definition), check every name exists."""
+        """Expand ``"all"`` (every registered definition that streams — the same set as
+        :class:`~sae_fvu_plugin.FVUAccumulator`'s ``"all"``), check every name exists."""
         seq = [names] if isinstance(names, str) else list(names)
         out: list[str] = []
         for name in seq:
-            for n in list(self._defs) if name == "all" else [name]:
+            every = [n for n, d in self._defs.items() if d.streamable]
+            for n in every if name == "all" else [name]:
                 self[n]
                 if n not in out:
                     out.append(n)
@@ -220,7 +254,7 @@ def get_definition(name: str | FVUDefinition) -> FVUDefinition:
     Raises :class:`UnknownDefinitionError` (a ``ValueError``) listing the valid names.
     """
     if isinstance(name, FVUDefinition):
-        return name
+        return check_definition(name)
     if not isinstance(name, str):
         raise TypeError(f"definition must be a name or an FVUDefinition, got {name!r}.")
     return DEFINITIONS[name]

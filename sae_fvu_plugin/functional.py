@@ -30,8 +30,18 @@ def check_pair(
                 f"{name} has dtype {t.dtype}; FVU needs floating-point activations "
                 f"(float64/32/16 or bfloat16). Convert with {name}.float()."
             )
-    if x.ndim == 0:
-        raise ValueError("x is a scalar; expected shape (..., d) with the last dim the width d.")
+    for name, t in (("x", x), ("x_hat", x_hat)):
+        if t.ndim == 0:
+            raise ValueError(
+                f"{name} is a scalar (0-d tensor); expected shape (..., d) with the last dim "
+                "the width d, e.g. (tokens, d)."
+            )
+    if x.ndim == 1:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} (1-D); expected (..., d) with one row per token. For "
+            f"one token of width {x.shape[0]} use x.reshape(1, -1); for {x.shape[0]} tokens of "
+            "width 1 use x.reshape(-1, 1)."
+        )
     if x.shape != x_hat.shape:
         raise ValueError(
             f"x has shape {tuple(x.shape)} but x_hat has shape {tuple(x_hat.shape)}; a "

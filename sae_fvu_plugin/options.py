@@ -33,8 +33,10 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
 
 
 def check_float(name: str, value: Any, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(
-        value, "__float__"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        and not hasattr(value, "__float__")
     ):
         raise TypeError(f"{name} must be a number, got {value!r}.")
     out = float(value)
@@ -82,7 +84,7 @@ class KMeansOptions:
     )
     init_sample: int | None = _opt(
         None,
-        "rows sampled uniformly for k-means++ / random seeding (default min(N, max(10000, 4k)))",
+        "rows sampled uniformly for k-means++ / random seeding (default min(N, max(10000, 2k)))",
     )
     oversampling: float = _opt(2.0, "k-means||: candidates drawn per round = oversampling × k")
     init_rounds: int = _opt(5, "k-means||: sampling rounds")
@@ -157,8 +159,10 @@ class KMeansOptions:
         return self.n_local_trials or 2 + int(math.log(k))
 
     def sample_size(self, n: int, k: int) -> int:
-        """Rows sampled for seeding: ``init_sample`` or min(N, max(10000, 4k)), at least k."""
-        m = self.init_sample or max(10_000, 4 * k)
+        """Rows sampled for seeding: ``init_sample`` or min(N, max(10000, 2k)), at least k.
+        (Greedy k-means++ reads the whole sample once per centre; at 2k rows it stays in a
+        CPU's last-level cache for k up to ~4096 at d = 576.)"""
+        m = self.init_sample or max(10_000, 2 * k)
         return max(min(n, m), min(n, k))
 
 
@@ -212,7 +216,9 @@ _TOP_HOOKS = (
 )
 
 
-def hook_suggestions(hook: str, valid: list[str] | None = None, n_layers: int | None = None) -> list[str]:
+def hook_suggestions(
+    hook: str, valid: list[str] | None = None, n_layers: int | None = None
+) -> list[str]:
     """The valid hook names closest to ``hook`` (from ``valid``, or TransformerLens's
     naming scheme with ``n_layers`` blocks)."""
     if valid is None:
@@ -292,7 +298,9 @@ class EvalCommand:
     """``sae-fvu eval`` of a clustering SAE: SAEBench's core eval on contexts held out from
     its fit (checked against its provenance), plugin enabled, result JSON written."""
 
-    sae: str = _opt(None, "folder of a saved SAE (cfg.json + sae_weights.safetensors)", positional=True)
+    sae: str = _opt(
+        None, "folder of a saved SAE (cfg.json + sae_weights.safetensors)", positional=True
+    )
     model: str | None = _opt(None, "model (default: the SAE's metadata)")
     dataset: str | None = _opt(None, "dataset (default: the SAE's metadata)")
     eval_batches: int = _opt(8, "SAEBench batches for explained variance and sparsity")
@@ -316,7 +324,11 @@ class EvalCommand:
         if not isinstance(self.sae, str) or not self.sae:
             raise ValueError("give the folder of a saved SAE.")
         for name in ("eval_batches", "batch_prompts"):
-            object.__setattr__(self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1))
-        object.__setattr__(self, "recon_batches", check_int("--recon-batches", self.recon_batches, 0))
+            object.__setattr__(
+                self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+            )
+        object.__setattr__(
+            self, "recon_batches", check_int("--recon-batches", self.recon_batches, 0)
+        )
         if self.exclude_norm_above is not None:
             check_float("--exclude-norm-above", self.exclude_norm_above, 0.0)

@@ -31,6 +31,16 @@ _CHUNK_ELEMENTS_CPU = 1 << 16
 _CHUNK_ELEMENTS_DEVICE = 1 << 22
 
 
+class NonFiniteError(ValueError):
+    """NaN/inf in the evaluated tokens (or values whose squares overflow float64); carries
+    the counts of non-finite entries in x and x_hat."""
+
+    def __init__(self, message: str, bad_x: int, bad_x_hat: int) -> None:
+        super().__init__(message)
+        self.bad_x = bad_x
+        self.bad_x_hat = bad_x_hat
+
+
 class FVUWarning(RuntimeWarning):
     """A definition is undefined on this data (zero variance); the value returned is
     documented in :func:`compute_fvu` (NaN, or sklearn's finite convention for per-dim)."""
@@ -189,6 +199,7 @@ def batch_state(
 
     m2_x = torch.zeros(d, dtype=f64, device=dev)
     m2_r = torch.zeros(d, dtype=f64, device=dev)
+    floor = zero_norm_floor(mean_x if cent is None else cent[0])
     tok = {k: torch.zeros((), dtype=f64, device=dev) for k in keys if k.startswith("per_token")}
     bat = {
         k: [torch.zeros((), dtype=f64, device=dev), torch.zeros((), dtype=f64, device=dev)]
@@ -205,6 +216,8 @@ def batch_state(
         for k in keys:
             _, center, cres = k.split("/")
             den = terms.get("x", center != "none")
+            if center != "none":
+                den = torch.where(den <= floor, torch.zeros_like(den), den)
             num = terms.get("r", cres == "1")
             if k in tok:
                 tok[k] += (num / den).sum()
@@ -217,14 +230,29 @@ def batch_state(
     state.mean_x, state.m2_x = mean_x.cpu(), m2_x.cpu()
     state.mean_r, state.m2_r = mean_r.cpu(), m2_r.cpu()
     state.batch_m2_x, state.batch_m2_r = state.m2_x.clone(), state.m2_r.clone()
-    if not (torch.isfinite(state.mean_x).all() and torch.isfinite(state.mean_r).all()):
+    finite_means = bool(torch.isfinite(state.mean_x).all() and torch.isfinite(state.mean_r).all())
+    if not finite_means or not bool(
+        torch.isfinite(state.m2_x).all() and torch.isfinite(state.m2_r).all()
+    ):
         xk, hk = (x, x_hat) if keep is None else (x[keep], x_hat[keep])
         bad_x = int((~torch.isfinite(xk)).sum())
         bad_h = int((~torch.isfinite(hk)).sum())
-        raise ValueError(
-            f"Non-finite values in the evaluated tokens: {bad_x} NaN/inf entries in x and "
-            f"{bad_h} in x_hat ({n} tokens of width {d}). FVU is undefined there; drop those "
-            "tokens with mask=... or fix the activations upstream. Nothing was accumulated."
+        if bad_x or bad_h or not finite_means:
+            raise NonFiniteError(
+                f"Non-finite values in the evaluated tokens: {bad_x} NaN/inf entries in x and "
+                f"{bad_h} in x_hat ({n} tokens of width {d}). FVU is undefined there; drop "
+                "those tokens with mask=... or fix the activations upstream. Nothing was "
+                "accumulated.",
+                bad_x,
+                bad_h,
+            )
+        big = max(float(xk.abs().max()), float(hk.abs().max()))
+        raise NonFiniteError(
+            f"Values up to {big:.3g} in the evaluated tokens: their squares overflow float64 "
+            f"(max ~1.8e308), so every sum of squares is inf. Rescale x and x_hat (FVU is "
+            "scale-invariant) or fix the activations upstream. Nothing was accumulated.",
+            0,
+            0,
         )
     for k, v in tok.items():
         state.ratio_sums[k] = float(v)
@@ -270,6 +298,21 @@ def merge_states(a: FVUState, b: FVUState) -> FVUState:
         sb_s=a.sb_s + b.sb_s,
         sb_r=a.sb_r + b.sb_r,
     )
+
+
+# A spread below this share of the data's magnitude is float64 rounding of a constant, not
+# variance: the two-pass M2 of n copies of μ comes out ≈ n (ε μ)², ε = 2⁻⁵², far below it.
+_ROUNDING_REL = 1e-12
+
+
+def zero_variance_floor(n: float, mean: torch.Tensor) -> torch.Tensor:
+    """Per-dimension Σ (x − μ)² at or below which a dimension counts as constant."""
+    return n * (_ROUNDING_REL * mean.abs()).square()
+
+
+def zero_norm_floor(centre: torch.Tensor) -> torch.Tensor:
+    """A per-token centred ‖x − μ‖² at or below this is rounding, i.e. zero."""
+    return (_ROUNDING_REL**2) * centre.square().sum()
 
 
 def _nan(msg: str) -> float:
@@ -324,6 +367,8 @@ def compute_fvu(defn: FVUDefinition, state: FVUState) -> float:
         den = state.batch_m2_x
     else:
         den = state.m2_x + n * state.mean_x.square()
+    if defn.center != "none":  # a constant dimension's M2 is rounding, not variance
+        den = torch.where(den <= zero_variance_floor(n, state.mean_x), torch.zeros_like(den), den)
     if not defn.center_residual:
         num = state.m2_r + n * state.mean_r.square()
     else:

@@ -49,8 +49,12 @@ def run(rank: int, world: int, port: int, out: str, case: str) -> None:
         rk = fit_residual_kmeans(acts, 4, 2, n_iter=5, seed=3, progress=False)
         res["residual"] = (rk.W_enc.T.double(), rk.cfg.metadata.inertia)
         ck = f"{out}/ck.pt"
-        a = fit_kmeans(acts, 10, init=init_centroids(), n_iter=4, tol=0.0, progress=False, checkpoint=ck)
-        b = fit_kmeans(acts, 10, init=init_centroids(), n_iter=8, tol=0.0, progress=False, checkpoint=ck)
+        a = fit_kmeans(
+            acts, 10, init=init_centroids(), n_iter=4, tol=0.0, progress=False, checkpoint=ck
+        )
+        b = fit_kmeans(
+            acts, 10, init=init_centroids(), n_iter=8, tol=0.0, progress=False, checkpoint=ck
+        )
         res["extended"] = (b.W_enc.T.double(), a.cfg.metadata.inertia)
         torch.save(res, f"{out}/{rank}.pt")
     finally:

@@ -82,7 +82,9 @@ def test_pca_matches_sklearn(x):
     sae = fit_pca_kmeans(x, 10, 5, n_iter=5, progress=False)
     ref = PCA(5).fit(x.numpy())
     np.testing.assert_allclose(
-        sae.cfg.metadata.fit["pca_explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-9
+        sae.cfg.metadata.fit["pca_explained_variance_ratio"],
+        ref.explained_variance_ratio_,
+        rtol=1e-9,
     )
     comps = sae.W_dec[:5].double().numpy()
     np.testing.assert_allclose(np.abs(comps @ ref.components_.T), np.eye(5), atol=1e-4)
@@ -174,9 +176,14 @@ def test_seeding_matches_sklearn_kmeans_pp_distribution():
     xs = (x - x.mean(0)).numpy()
 
     def potential(c):
-        return float(torch.cdist(torch.from_numpy(xs), torch.as_tensor(c)).square().min(1).values.sum())
+        return float(
+            torch.cdist(torch.from_numpy(xs), torch.as_tensor(c)).square().min(1).values.sum()
+        )
 
-    ours = [potential(greedy_kmeans_pp(torch.from_numpy(xs), 16, _generator(s), dtype=torch.float64)) for s in range(20)]
+    ours = [
+        potential(greedy_kmeans_pp(torch.from_numpy(xs), 16, _generator(s), dtype=torch.float64))
+        for s in range(20)
+    ]
     theirs = [potential(kmeans_plusplus(xs, 16, random_state=s)[0]) for s in range(20)]
     assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.1)
 
@@ -202,7 +209,9 @@ def test_options_are_validated_before_work(x):
 
 
 def test_checkpoint_resume_is_identical(tmp_path):
-    x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(0))  # float32, slow to converge
+    x = torch.randn(
+        3000, 8, generator=torch.Generator().manual_seed(0)
+    )  # float32, slow to converge
     batches = list(x.split(1000))
     full = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False)
     ck = tmp_path / "km.pt"
@@ -216,7 +225,9 @@ def test_checkpoint_resume_is_identical(tmp_path):
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        fit_kmeans(flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck, checkpoint_every=1)
+        fit_kmeans(
+            flaky, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck, checkpoint_every=1
+        )
     saved = torch.load(ck, weights_only=True)
     assert 0 < saved["current"]["lloyd"]["iteration"] < 9
     assert stage(full)["runs"][0]["n_iter_run"] == 9
@@ -284,7 +295,9 @@ def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
         yield from x.split(1000)
 
     with pytest.raises(KeyboardInterrupt):
-        fit_kmeans(stop_late, 5, n_iter=10, tol=0.0, progress=False, checkpoint=ck, checkpoint_every=1)
+        fit_kmeans(
+            stop_late, 5, n_iter=10, tol=0.0, progress=False, checkpoint=ck, checkpoint_every=1
+        )
     good = torch.load(ck, weights_only=True)
 
     def tamper(edit, match):
@@ -324,7 +337,9 @@ def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
 
 
 def test_bad_inputs(x):
-    with pytest.raises(ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"):
+    with pytest.raises(
+        ValueError, match="n_clusters=20 exceeds the number of activation rows N=10"
+    ):
         fit_kmeans(x[:10], 20, progress=False)
     bad = x.clone()
     bad[7, 3] = float("nan")
@@ -377,9 +392,13 @@ def test_residual_kmeans_checkpoints_per_stage(tmp_path):
         yield from x.split(1000)
 
     with pytest.raises(KeyboardInterrupt):
-        fit_residual_kmeans(dies_in_stage_two, 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck)
+        fit_residual_kmeans(
+            dies_in_stage_two, 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck
+        )
     assert len(torch.load(ck, weights_only=True)["stages"]) >= 1
-    resumed = fit_residual_kmeans(list(x.split(1000)), 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck)
+    resumed = fit_residual_kmeans(
+        list(x.split(1000)), 8, 3, n_iter=6, tol=0.0, progress=False, checkpoint=ck
+    )
     torch.testing.assert_close(resumed.W_enc, full.W_enc, rtol=0, atol=0)
 
 
@@ -416,9 +435,13 @@ def test_distributed_fit_equals_single_process(two_ranks, case):
     assert float((got - want).abs().max() / want.abs().max()) < 1e-9
     assert ranks[0]["kmeans"][1] == pytest.approx(single.cfg.metadata.inertia, rel=1e-9)
     # a finished 4-iteration checkpoint continued to 8 = the direct 8-iteration fit
-    torch.testing.assert_close(ranks[0]["extended"][0], got - single.b_dec.double(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        ranks[0]["extended"][0], got - single.b_dec.double(), rtol=1e-9, atol=1e-9
+    )
     pca = fit_pca_kmeans(x, 10, 3, n_iter=6, tol=0.0, seed=1, progress=False)
-    torch.testing.assert_close(ranks[0]["pca_kmeans"][0][:3], pca.W_dec[:3].double(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        ranks[0]["pca_kmeans"][0][:3], pca.W_dec[:3].double(), rtol=0, atol=1e-6
+    )
     sk = KMeans(10, n_init=1, random_state=0).fit(x.numpy()).inertia_
     assert ranks[0]["kmeans||"][1] <= sk * 1.15  # a sensible seeding, across ranks
 
@@ -467,17 +490,26 @@ def test_import_registers_the_architectures(x, tmp_path):
         "print(type(SAE.load_from_disk(sys.argv[1])).__name__)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "rk")], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(tmp_path / "rk")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == ["refused-before", "ClusteringSAE"]
 
 
 def test_load_errors(x, tmp_path):
     sae = fit_kmeans(
-        x, 4, n_iter=2, progress=False, metadata=dict(model_name="m", hook_name="blocks.0.hook_resid_post")
+        x,
+        4,
+        n_iter=2,
+        progress=False,
+        metadata=dict(model_name="m", hook_name="blocks.0.hook_resid_post"),
     )
     sae.save_model(tmp_path / "ok")
-    with pytest.raises(ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"):
+    with pytest.raises(
+        ValueError, match="d_in=16 but the hook 'blocks.0.hook_resid_post' has width 32"
+    ):
         load_clustering_sae(tmp_path / "ok", expected_d_in=32)
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         load_clustering_sae(tmp_path / "missing")
@@ -494,7 +526,14 @@ def test_load_errors(x, tmp_path):
 def lm():
     model, ds = tiny_model(offset=2.0, seed=4), tiny_dataset(n=64, seed=4)
     acts = collect_activations(
-        model, ds, HOOK, 1500, context_size=CTX, batch_prompts=4, drop_first_position=True, progress=False
+        model,
+        ds,
+        HOOK,
+        1500,
+        context_size=CTX,
+        batch_prompts=4,
+        drop_first_position=True,
+        progress=False,
     )
     return model, ds, acts
 
@@ -516,7 +555,13 @@ def everything(n_batches=3):
     )
 
 
-META = dict(model_name="tiny-random", hook_name=HOOK, context_size=CTX, dataset_path="in-memory", prepend_bos=False)
+META = dict(
+    model_name="tiny-random",
+    hook_name=HOOK,
+    context_size=CTX,
+    dataset_path="in-memory",
+    prepend_bos=False,
+)
 
 
 @pytest.mark.parametrize("kind", ["kmeans", "pca_kmeans", "residual_kmeans"])
@@ -538,7 +583,10 @@ def test_stock_saebench_evaluates_clustering_sae(lm, kind):
             assert np.isfinite(value)
     for key in ("encoder_norm", "encoder_decoder_cosine_sim", "max_decoder_cosine_sim"):
         assert np.isfinite(feats[key]).all()
-    assert metrics["sparsity"]["l0"] == {"kmeans": 1.0, "pca_kmeans": 5.0, "residual_kmeans": 3.0}[kind]
+    assert (
+        metrics["sparsity"]["l0"]
+        == {"kmeans": 1.0, "pca_kmeans": 5.0, "residual_kmeans": 3.0}[kind]
+    )
     # with the plugin: fvu_a through the loop = 1 − Σ‖x − x̂‖² / TSS, x̂ built by hand
     with fsb.enabled():
         m, _ = core.run_evals(
@@ -559,4 +607,6 @@ def test_stock_saebench_evaluates_clustering_sae(lm, kind):
         z = z - pick
     sse = float(((xk - sae.b_dec.double() - recon) ** 2).sum())
     tss = float(((xk - xk.mean(0)) ** 2).sum())
-    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(1 - sse / tss, rel=1e-5)
+    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(
+        1 - sse / tss, rel=1e-5
+    )

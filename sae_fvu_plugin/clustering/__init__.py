@@ -11,9 +11,9 @@ evaluation), ``pipeline`` (stages → codebook), ``sae`` (codebook → SAE), ``a
 functions), ``activations`` (collecting them from a model).
 """
 
+from ..options import KMeansOptions
 from .activations import collect_activations
 from .api import fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
-from ..options import KMeansOptions
 from .provenance import OverlapError, Provenance
 from .sae import (
     ClusteringSAE,

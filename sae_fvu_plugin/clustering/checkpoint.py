@@ -92,7 +92,12 @@ class Checkpoint:
 
     def save(self, payload: dict[str, Any]) -> None:
         if self.path is not None and self.reducer.rank == 0:
-            full = {"format": FORMAT, "kind": KIND, "settings": self.settings, "n_iter": self.n_iter}
+            full = {
+                "format": FORMAT,
+                "kind": KIND,
+                "settings": self.settings,
+                "n_iter": self.n_iter,
+            }
             save_atomic(self.path, full | payload)
 
     # ------------------------------------------------------------------------ loading
@@ -118,7 +123,11 @@ class Checkpoint:
             for key, value in self.settings.items()
             if saved.get(key) != value
         ]
-        diff += [f"{key}: saved {saved[key]!r}, requested none" for key in saved if key not in self.settings]
+        diff += [
+            f"{key}: saved {saved[key]!r}, requested none"
+            for key in saved
+            if key not in self.settings
+        ]
         if diff:
             raise _fail(path, "was written for other data or options (" + "; ".join(diff) + ")")
         saved_iter = payload.get("n_iter")
@@ -152,7 +161,11 @@ class Checkpoint:
         if not isinstance(current, dict):
             raise _fail(path, "has a malformed running stage")
         stage, run = current.get("stage"), current.get("run")
-        if stage != len(stages) or not isinstance(run, int) or not 0 <= run < self.settings["n_init"]:
+        if (
+            stage != len(stages)
+            or not isinstance(run, int)
+            or not 0 <= run < self.settings["n_init"]
+        ):
             raise _fail(path, f"has an inconsistent running stage/run ({stage!r}, {run!r})")
         k = sizes[stage]
         best = current.get("best")
@@ -182,17 +195,26 @@ class Checkpoint:
             raise _fail(path, "has invalid mover indices")
         rows = lloyd.get("rows")
         if not isinstance(rows, list) or len(rows) != self.reducer.world:
-            raise _fail(path, f"holds rows for {len(rows) if isinstance(rows, list) else '?'} ranks, this fit runs on {self.reducer.world}")
+            raise _fail(
+                path,
+                f"holds rows for {len(rows) if isinstance(rows, list) else '?'} ranks, this fit runs on {self.reducer.world}",
+            )
         mine = rows[self.reducer.rank]
         if mine is None:
             if it > 0:
                 raise _fail(path, "lacks the row state of a started run")
             return
         if len(mine) != len(self.local_sizes):
-            raise _fail(path, f"holds {len(mine)} batches of rows, the data has {len(self.local_sizes)}")
+            raise _fail(
+                path, f"holds {len(mine)} batches of rows, the data has {len(self.local_sizes)}"
+            )
         for b, (entry, size) in enumerate(zip(mine, self.local_sizes, strict=True)):
             labels, upper, lower = entry
-            for name, t, dtype in (("labels", labels, torch.long), ("upper", upper, torch.float64), ("lower", lower, torch.float64)):
+            for name, t, dtype in (
+                ("labels", labels, torch.long),
+                ("upper", upper, torch.float64),
+                ("lower", lower, torch.float64),
+            ):
                 if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.shape != (size,):
                     raise _fail(path, f"batch {b} {name} are not {dtype} of shape ({size},)")
             if size and (int(labels.min()) < 0 or int(labels.max()) >= k):

@@ -170,7 +170,12 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
 
     provenance = Provenance.from_metadata(meta)
     model_name = cmd.model or meta.get("model_name") or SMOLLM2
-    dataset = cmd.dataset or (provenance.dataset if provenance else None) or meta.get("dataset_path") or AUSTEN
+    dataset = (
+        cmd.dataset
+        or (provenance.dataset if provenance else None)
+        or meta.get("dataset_path")
+        or AUSTEN
+    )
     hook = meta.get("hook_name")
     if not hook:
         raise UsageError(f"{cmd.sae}/cfg.json names no hook_name; it cannot be evaluated.")

@@ -50,6 +50,7 @@ class Rows:
     labels: torch.Tensor  # int64
     upper: torch.Tensor  # float64
     lower: torch.Tensor  # float64
+    sq: torch.Tensor | None = None  # ‖z‖² per row (float64), kept between iterations
 
 
 @dataclass
@@ -80,9 +81,12 @@ class Assigner:
         self.err = _ROUNDING * _eps(dtype)
         self.step = max(1, _SCORE_ELEMENTS // max(self.k, 1))
 
-    def full(self, x: torch.Tensor) -> Rows:
-        """Scores against every centroid: label, and bounds from the best two."""
+    def full(self, x: torch.Tensor, sq: torch.Tensor | None = None) -> Rows:
+        """Scores against every centroid: label, and bounds from the best two (``sq``:
+        the rows' ‖z‖² when already known)."""
         n = x.shape[0]
+        if sq is None:
+            sq = x.square().sum(1).double()
         lab = torch.empty(n, dtype=torch.long, device=x.device)
         upper = torch.empty(n, dtype=torch.float64, device=x.device)
         lower = torch.empty(n, dtype=torch.float64, device=x.device)
@@ -96,12 +100,12 @@ class Assigner:
                 b1 = scores[:, 0].double()
                 i = torch.zeros(xs.shape[0], 1, dtype=torch.long, device=x.device)
                 b2 = torch.full_like(b1, float("inf"))
-            xsq = xs.square().sum(1).double()
+            xsq = sq[s : s + self.step]
             err = self.err * (xsq + self.sq_max)
             lab[s : s + self.step] = i[:, 0]
             upper[s : s + self.step] = (xsq + b1 + err).clamp_(min=0).sqrt_()
             lower[s : s + self.step] = (xsq + b2 - err).clamp_(min=0).sqrt_()
-        return Rows(lab, upper, lower)
+        return Rows(lab, upper, lower, sq)
 
     def own(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Exact (float64) distance of each row to the given centroid."""
@@ -139,24 +143,24 @@ class Assigner:
         lower = rows.lower
         if movers is not None and len(movers) and n:
             lower = torch.minimum(lower, self.mover_distance(x, rows, movers))
-            rows = Rows(rows.labels, rows.upper, lower)
+            rows = Rows(rows.labels, rows.upper, lower, rows.sq)
         need = torch.nonzero(rows.upper > lower).flatten()
         if len(need) == 0:
             return rows, 0, 0
+        if len(need) > _FULL_FRACTION * n:  # pruning is not paying: score every row
+            new = self.full(x, rows.sq)
+            return new, int((new.labels != rows.labels).sum()), n
         upper = rows.upper.clone()
         own = self.own(x[need], rows.labels[need])
         upper[need] = own
         need = need[own > lower[need]]
         if len(need) == 0:
-            return Rows(rows.labels, upper, lower), 0, 0
-        if len(need) > _FULL_FRACTION * n:
-            new = self.full(x)
-            return new, int((new.labels != rows.labels).sum()), n
-        part = self.full(x[need])
+            return Rows(rows.labels, upper, lower, rows.sq), 0, 0
+        part = self.full(x[need], None if rows.sq is None else rows.sq[need])
         labels, lower = rows.labels.clone(), lower.clone()
         changed = int((part.labels != labels[need]).sum())
         labels[need], upper[need], lower[need] = part.labels, part.upper, part.lower
-        return Rows(labels, upper, lower), changed, len(need)
+        return Rows(labels, upper, lower, rows.sq), changed, len(need)
 
 
 def movers_of(drift: torch.Tensor) -> torch.Tensor:
@@ -182,7 +186,9 @@ def _shift_bounds(rows: Rows, drift: torch.Tensor, movers: torch.Tensor) -> Rows
         other = torch.where(rows.labels == idx[0], top[1], top[0])
     else:
         other = torch.zeros((), dtype=drift.dtype, device=drift.device)
-    return Rows(rows.labels, rows.upper + drift[rows.labels], (rows.lower - other).clamp_(min=0))
+    return Rows(
+        rows.labels, rows.upper + drift[rows.labels], (rows.lower - other).clamp_(min=0), rows.sq
+    )
 
 
 _SPLIT_EPS = 1.0 / 1024
@@ -316,7 +322,9 @@ def lloyd(
         if sq_total is None:
             sq_total, n_total = sq_sum, float(counts.sum())
         # inertia of these labels against the centroids they were assigned to
-        inertia = sq_total - 2 * float((old * sums).sum()) + float((counts * old.square().sum(1)).sum())
+        inertia = (
+            sq_total - 2 * float((old * sums).sum()) + float((counts * old.square().sum(1)).sum())
+        )
         new = sums / counts.clamp(min=1)[:, None]
         empties = torch.nonzero(counts == 0).flatten()
         left: list[int] = []

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..options import KMeansOptions, _is_tensor
 from .checkpoint import Checkpoint, state_payload
 from .lloyd import Assigner, LloydResult, LloydState, lloyd
-from ..options import KMeansOptions, _is_tensor
 from .reduce import LocalReducer, agree, current_reducer
 from .seeding import _generator, greedy_kmeans_pp, kmeans_parallel, random_rows, uniform_sample
 from .source import ActivationSource, DataStats, data_stats, sub_rows
@@ -161,9 +161,7 @@ def fit_codebook(
 ) -> Codebook:
     """Fit the stages on ``acts`` (this rank's shard when a process group is initialised)."""
     reducer = current_reducer()
-    device = torch.device(
-        options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = ActivationSource(acts)
     stats = data_stats(source, device, reducer, scatter=n_pca > 0)
     n, d = stats.n, stats.d
@@ -206,7 +204,11 @@ def fit_codebook(
         "world_size": reducer.world,
         "data": stats.fingerprint,
     }
-    agree(reducer, "the fit options", {k: v for k, v in settings.items() if k != "data"} | {"n_iter": options.n_iter})
+    agree(
+        reducer,
+        "the fit options",
+        {k: v for k, v in settings.items() if k != "data"} | {"n_iter": options.n_iter},
+    )
 
     pca = pca_from_stats(stats, n_pca) if n_pca else None
     basis = None if pca is None else pca.components.to(device)
@@ -309,7 +311,10 @@ class _StageFit:
     def payload(self, run: int, state: LloydState) -> dict[str, Any]:
         best = None
         if self.best_c is not None:
-            best = {"centroids": self.best_c.cpu(), "inertia": self.runs[_best_index(self.runs)]["inertia"]}
+            best = {
+                "centroids": self.best_c.cpu(),
+                "inertia": self.runs[_best_index(self.runs)]["inertia"],
+            }
         return {
             "stages": self.done,
             "current": {
@@ -379,7 +384,10 @@ class _StageFit:
                     "rows_rescored": [round(v, 4) for v in st.scored],
                 }
             )
-            if self.best_c is None or result.inertia < self.runs[_best_index(self.runs[:-1])]["inertia"]:
+            if (
+                self.best_c is None
+                or result.inertia < self.runs[_best_index(self.runs[:-1])]["inertia"]
+            ):
                 self.best, self.best_c = result, st.centroids
             self.ckpt.save(self.payload(r, st))
         assert self.best_c is not None

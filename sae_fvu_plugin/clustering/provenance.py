@@ -83,8 +83,12 @@ class Provenance:
         names = set(cls.__dataclass_fields__)
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"Unknown provenance keys {sorted(unknown)}; expected {sorted(names)}.")
-        return cls(**{k: (list(map(list, v)) if k == "fit_contexts" else v) for k, v in data.items()})
+            raise ValueError(
+                f"Unknown provenance keys {sorted(unknown)}; expected {sorted(names)}."
+            )
+        return cls(
+            **{k: (list(map(list, v)) if k == "fit_contexts" else v) for k, v in data.items()}
+        )
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> Provenance | None:

@@ -264,7 +264,12 @@ class ClusteringSAE(SAE[ClusteringSAEConfig]):
             w_dec[cols] = unit
             b_enc[cols] = -(c64 @ mu) - 0.5 * norms.square()
         with torch.no_grad():
-            for name, value in (("W_enc", w_enc), ("b_enc", b_enc), ("W_dec", w_dec), ("b_dec", mu)):
+            for name, value in (
+                ("W_enc", w_enc),
+                ("b_enc", b_enc),
+                ("W_dec", w_dec),
+                ("b_dec", mu),
+            ):
                 getattr(sae, name).copy_(value.to(sae.dtype))
         return sae
 

@@ -172,7 +172,12 @@ def data_stats(
             acc = part if acc is None else _chan(acc, part)
     local_n = 0 if acc is None else acc[0]
     shards = reducer.gather(
-        {"stats": acc, "d": d, "dtype": None if dtype is None else str(dtype), "hash": digest.hexdigest()}
+        {
+            "stats": acc,
+            "d": d,
+            "dtype": None if dtype is None else str(dtype),
+            "hash": digest.hexdigest(),
+        }
     )
     widths = {s["d"] for s in shards if s["d"] is not None}
     dtypes = {s["dtype"] for s in shards if s["dtype"] is not None}
@@ -194,9 +199,7 @@ def data_stats(
             + (" on any rank." if reducer.world > 1 else ".")
         )
     n, mean, m2, cov = merged
-    fingerprint = hashlib.sha256(
-        ("|".join(s["hash"] for s in shards)).encode()
-    ).hexdigest()
+    fingerprint = hashlib.sha256(("|".join(s["hash"] for s in shards)).encode()).hexdigest()
     return DataStats(
         n=int(n),
         d=int(widths.pop()),

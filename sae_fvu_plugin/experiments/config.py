@@ -1,0 +1,209 @@
+"""What the experiments can be told: typed configs with help text and defaults stated once.
+
+The command lines (``sae-fvu sweep``, ``sae-fvu frontier``) are generated from these
+fields. Light on purpose (no torch), so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ..options import OFFLINE_DATASET, OFFLINE_MODEL, KMeansOptions, check_float, check_int
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Shared by every experiment: the model, the text, the fit / eval split, the eval."""
+
+    model: str = _opt(OFFLINE_MODEL, "smollm2-135m (offline) or a TransformerLens model name")
+    dataset: str = _opt(OFFLINE_DATASET, "austen (offline) or a Hugging Face dataset with text")
+    layers: list[int] = _opt([3, 15], "layers whose hook_resid_post is studied")
+    context_size: int = _opt(128, "tokens per context")
+    fit_tokens: int = _opt(16_384, "activation rows every method is fitted on")
+    eval_batches: int = _opt(8, "SAEBench batches for explained variance and sparsity")
+    batch_prompts: int = _opt(4, "contexts per SAEBench batch")
+    recon_batches: int = _opt(1, "SAEBench batches for the KL / CE-loss metrics")
+    n_iter: int = _opt(KMeansOptions().n_iter, "maximum Lloyd iterations of every k-means fit")
+    seed: int = _opt(0, "seed of the split, the fits and the Gaussian control")
+    gaussian: bool = _opt(
+        True, "also fit on Gaussian data with the activations' mean and covariance"
+    )
+    bootstrap: int = _opt(
+        100, "Poisson-bootstrap replicates per explained-variance value (0: no intervals)"
+    )
+    out: str = _opt("out/experiment", "output folder (reruns reuse what it holds)")
+    device: str | None = _opt(None, "where models run (default: CUDA when available)")
+
+    def __post_init__(self) -> None:
+        for name in ("context_size", "fit_tokens", "eval_batches", "batch_prompts", "n_iter"):
+            object.__setattr__(
+                self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+            )
+        for name in ("recon_batches", "seed", "bootstrap"):
+            object.__setattr__(
+                self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
+            )
+        layers = [check_int("--layers", v, 0) for v in self.layers]
+        if not layers:
+            raise ValueError("--layers needs at least one layer.")
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.eval_batches * self.batch_prompts * self.context_size
+
+    def hook(self, layer: int) -> str:
+        return f"blocks.{layer}.hook_resid_post"
+
+    def with_(self, **kw: Any) -> Any:
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class SweepConfig(ExperimentConfig):
+    """The clustering sweep: k-means for several k and PCA + k-means at fixed d_sae, under
+    every definition, with and without the top ``massive_fraction`` of tokens by norm."""
+
+    ks: list[int] = _opt([16, 64, 256], "k of the plain k-means models")
+    d_sae: int = _opt(512, "latents of every PCA + k-means model (n_clusters = d_sae − n_pca)")
+    n_pca: list[int] = _opt(
+        [1, 2, 5, 10, 20, 50, 100, 200, 500], "PCA components of the PCA + k-means models"
+    )
+    massive_fraction: float = _opt(
+        0.001, "share of tokens (largest norm) left out in the second evaluation"
+    )
+    out: str = _opt("out/clustering_sweep", "output folder (reruns reuse what it holds)")
+    n_iter: int = _opt(15, "maximum Lloyd iterations of every k-means fit (CPU-sized)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float("--massive-fraction", self.massive_fraction, 0.0)
+        object.__setattr__(self, "d_sae", check_int("--d-sae", self.d_sae, 2))
+
+    @classmethod
+    def full(cls, **kw: Any) -> SweepConfig:
+        """The original experiment's scale: 1M fit tokens, k up to 16,384 (meant for a GPU)."""
+        base: dict[str, Any] = dict(
+            fit_tokens=1_000_000,
+            eval_batches=64,
+            batch_prompts=16,
+            recon_batches=8,
+            ks=[1024, 4096, 16384],
+            d_sae=4096,
+            n_iter=30,
+        )
+        return cls(**(base | kw))
+
+    def fits(self) -> list[tuple[int, int]]:
+        """(n_clusters, n_pca) of every model: k-means for each k, then PCA + k-means."""
+        out = [(k, 0) for k in self.ks]
+        out += [(self.d_sae - p, p) for p in self.n_pca if p < self.d_sae]
+        return out
+
+
+@dataclass(frozen=True)
+class FrontierConfig(ExperimentConfig):
+    """SAEs trained by SAELens and clustering with L0 ≥ 1, on the same fit tokens, scored by
+    SAEBench's unmodified core eval on the same held-out tokens."""
+
+    d_sae: int = _opt(512, "latents of every model")
+    sae_ks: list[int] = _opt([1, 2, 4, 8, 16, 32, 64], "k of the TopK SAEs")
+    batchtopk_ks: list[int] = _opt([1, 4, 16, 64], "k of the BatchTopK SAEs")
+    l1_coefficients: list[float] = _opt(
+        [30.0, 10.0, 3.0, 1.0], "L1 coefficients of the standard (ReLU + L1) SAEs"
+    )
+    pca_ns: list[int] = _opt([4, 16, 64], "n_pca of the PCA + k-means models (L0 = n_pca + 1)")
+    residual_stages: list[int] = _opt(
+        [2, 4, 8], "stages of the residual k-means models (L0 = stages)"
+    )
+    mp_iterations: list[int] = _opt(
+        [2, 8], "matching-pursuit steps over the k-means codebook (L0 ≤ steps)"
+    )
+    val_tokens: int = _opt(2048, "held-out tokens for the SAEs' learning curves")
+    sae_batch_tokens: int = _opt(1024, "SAE training batch (tokens)")
+    sae_lr: float = _opt(1e-3, "SAE learning rate (Adam)")
+    sae_max_tokens: int = _opt(2_000_000, "SAE training budget (tokens seen) if it never plateaus")
+    sae_eval_every: int = _opt(65_536, "tokens between learning-curve points")
+    plateau: float = _opt(
+        0.005,
+        "stop when held-out explained variance changed by less than this (relative) over the last fifth",
+    )
+    gaussian_grid: str = _opt(
+        "small", "methods fitted on the Gaussian control: 'small' (a few per family) or 'all'"
+    )
+    out: str = _opt("out/frontier", "output folder (reruns reuse what it holds)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("d_sae", "val_tokens", "sae_batch_tokens", "sae_max_tokens", "sae_eval_every"):
+            object.__setattr__(
+                self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+            )
+        for name in ("sae_ks", "batchtopk_ks", "pca_ns", "residual_stages", "mp_iterations"):
+            vals = [check_int(f"--{name.replace('_', '-')}", v, 1) for v in getattr(self, name)]
+            object.__setattr__(self, name, vals)
+        for st in self.residual_stages:
+            if self.d_sae % st:
+                raise ValueError(f"--residual-stages {st} does not divide --d-sae {self.d_sae}.")
+        for p in self.pca_ns:
+            if p >= self.d_sae:
+                raise ValueError(f"--pca-ns {p} must be below --d-sae {self.d_sae}.")
+        if self.gaussian_grid not in ("small", "all"):
+            raise ValueError(
+                f"--gaussian-grid must be 'small' or 'all', got {self.gaussian_grid!r}."
+            )
+
+    @classmethod
+    def full(cls, **kw: Any) -> FrontierConfig:
+        """The original experiment's scale (a GPU): 1M fit tokens, d_sae 4,096."""
+        base: dict[str, Any] = dict(
+            fit_tokens=1_000_000,
+            eval_batches=64,
+            batch_prompts=16,
+            recon_batches=8,
+            d_sae=4096,
+            batchtopk_ks=[1, 2, 4, 8, 16, 32, 64],
+            l1_coefficients=[30.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5],
+            pca_ns=[1, 4, 16, 64, 256],
+            residual_stages=[2, 4, 8, 16],
+            mp_iterations=[2, 4, 8, 16, 32],
+            sae_batch_tokens=4096,
+            sae_max_tokens=200_000_000,
+            sae_eval_every=2_000_000,
+            gaussian_grid="all",
+        )
+        return cls(**(base | kw))
+
+
+def config_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def add_arguments(parser: Any, cls: type) -> None:
+    """The flags of an experiment config (generated from its fields) plus ``--full``."""
+    from .. import _cli
+
+    _cli.add_options(parser, cls)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the original experiment's scale (1M fit tokens; meant for a GPU); other flags override it",
+    )
+
+
+def config_from_args(args: Any, cls: type) -> Any:
+    """The config the parsed flags describe (``--full``: its scale, flags given on top)."""
+    from .. import _cli
+
+    given = _cli.collect(args, cls)
+    if getattr(args, "full", False):
+        defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+        return cls.full(**{k: v for k, v in given.items() if v != defaults[k]})  # type: ignore[attr-defined]
+    return cls(**given)

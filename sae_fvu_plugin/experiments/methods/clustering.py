@@ -1,0 +1,173 @@
+"""Clustering methods: k-means (L0 = 1), PCA + k-means (L0 = n_pca + 1), residual k-means
+(L0 = stages), and the k-means codebook as SAELens's own top-1 (gain) and matching-pursuit
+SAEs, plus the k-lines codebook fitted for the top-1-with-gain decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Method, register
+
+
+def _kmeans(inp: Any) -> Any:
+    from ...clustering import fit_kmeans
+
+    return fit_kmeans(
+        inp.acts,
+        inp.params["n_clusters"],
+        options=inp.options,
+        provenance=inp.provenance,
+        metadata=None if inp.provenance is not None else inp.metadata,
+    )
+
+
+def _pca_kmeans(inp: Any) -> Any:
+    from ...clustering import fit_pca_kmeans
+
+    return fit_pca_kmeans(
+        inp.acts,
+        inp.params["n_clusters"],
+        inp.params["n_pca"],
+        options=inp.options,
+        provenance=inp.provenance,
+        metadata=None if inp.provenance is not None else inp.metadata,
+    )
+
+
+def _residual(inp: Any) -> Any:
+    from ...clustering import fit_residual_kmeans
+
+    return fit_residual_kmeans(
+        inp.acts,
+        inp.params["n_clusters"],
+        inp.params["n_stages"],
+        options=inp.options,
+        provenance=inp.provenance,
+        metadata=None if inp.provenance is not None else inp.metadata,
+    )
+
+
+def _codebook(inp: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The k-means point with the same d_sae (fitted once, shared), its codebook and
+    the fit cost it carries (tokens seen, passes)."""
+    from ...clustering.codebook_saes import codebook_of
+    from ..pipeline import Point
+
+    km = inp.require(
+        Point.of("kmeans", inp.point.layer, inp.point.source, n_clusters=inp.params["n_clusters"])
+    )
+    mean, dirs = codebook_of(km)
+    meta = dict(inp.metadata)
+    for key in ("tokens_seen", "passes", "n_tokens", "provenance"):
+        if km.cfg.metadata.get(key) is not None:
+            meta[key] = km.cfg.metadata.get(key)
+    return mean, dirs, meta
+
+
+def _top1(inp: Any) -> Any:
+    from ...clustering.codebook_saes import topk_from_codebook
+
+    mean, dirs, meta = _codebook(inp)
+    return topk_from_codebook(mean, dirs, meta, k=1)
+
+
+def _mp(inp: Any) -> Any:
+    from ...clustering.codebook_saes import matching_pursuit_from_codebook
+
+    mean, dirs, meta = _codebook(inp)
+    return matching_pursuit_from_codebook(mean, dirs, inp.params["steps"], meta)
+
+
+def _klines(inp: Any) -> Any:
+    from ...clustering.klines import fit_klines
+
+    mean, dirs, meta = _codebook(inp)
+    sae = fit_klines(
+        inp.acts,
+        inp.params["n_clusters"],
+        init_codebook=dirs,
+        options=inp.options.__class__(
+            n_iter=inp.options.n_iter,
+            seed=inp.options.seed,
+            device=inp.options.device,
+            progress=False,
+        ),
+        provenance=inp.provenance,
+        metadata=None if inp.provenance is not None else inp.metadata,
+    )
+    # the lines start from the k-means codebook: count its passes too
+    sae.cfg.metadata["passes"] = sae.cfg.metadata.get("passes", 0) + (meta.get("passes") or 0)
+    sae.cfg.metadata["tokens_seen"] = sae.cfg.metadata["passes"] * sae.cfg.metadata["n_tokens"]
+    return sae
+
+
+def _k(p: dict[str, Any]) -> int:
+    return int(p["n_clusters"])
+
+
+register(
+    Method(
+        "kmeans",
+        "clustering",
+        _kmeans,
+        l0=lambda p: 1,
+        d_sae=_k,
+        label=lambda p: f"k{p['n_clusters']}",
+        description="k-means (L0 = 1)",
+    )
+)
+register(
+    Method(
+        "pca_kmeans",
+        "clustering",
+        _pca_kmeans,
+        l0=lambda p: p["n_pca"] + 1,
+        d_sae=lambda p: p["n_clusters"] + p["n_pca"],
+        label=lambda p: f"k{p['n_clusters']}-p{p['n_pca']}",
+        description="PCA + k-means on the PCA residual (L0 = n_pca + 1)",
+    )
+)
+register(
+    Method(
+        "residual_kmeans",
+        "clustering",
+        _residual,
+        l0=lambda p: p["n_stages"],
+        d_sae=lambda p: p["n_clusters"] * p["n_stages"],
+        label=lambda p: f"k{p['n_clusters']}-s{p['n_stages']}",
+        description="residual k-means, one centroid per stage (L0 = stages)",
+    )
+)
+register(
+    Method(
+        "kmeans_top1",
+        "clustering",
+        _top1,
+        l0=lambda p: 1,
+        d_sae=_k,
+        label=lambda p: f"k{p['n_clusters']}",
+        description="k-means centroids as the features of SAELens's top-1 SAE (latent = projection)",
+    )
+)
+register(
+    Method(
+        "klines",
+        "clustering",
+        _klines,
+        l0=lambda p: 1,
+        d_sae=_k,
+        label=lambda p: f"k{p['n_clusters']}",
+        description="k-lines: the top-1-with-gain codebook fitted directly (SAELens abstopk, k = 1)",
+    )
+)
+register(
+    Method(
+        "kmeans_mp",
+        "clustering",
+        _mp,
+        l0=lambda p: p["steps"],
+        d_sae=_k,
+        label=lambda p: f"k{p['n_clusters']}-m{p['steps']}",
+        description="matching pursuit over the k-means codebook (SAELens, L0 ≤ steps)",
+    )
+)

@@ -1,0 +1,127 @@
+"""One SAE, end to end: SAEBench's ``run_evals`` with the plugin enabled on a dataset, as
+``multiple_evals`` does it, optionally saved with SAEBench's ``save_single_eval_result``.
+The offline helpers behind ``sae-fvu eval``, the clustering CLI and the experiments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_bench.evals.core import main as _core
+
+from .config import FVUCoreEvalConfig
+from .patch import SAEBENCH
+
+
+def core_eval_config(
+    *,
+    all_metrics: bool = True,
+    n_eval_batches: int = 8,
+    n_reconstruction_batches: int = 2,
+    batch_size_prompts: int = 8,
+    **fields: Any,
+) -> FVUCoreEvalConfig:
+    """An :class:`FVUCoreEvalConfig` with every metric on (what ``save_single_eval_result``
+    needs), or with ``all_metrics=False`` only variance and sparsity (no KL/CE passes).
+    ``fields`` sets any other field (``explained_variance_definition=...``)."""
+    flags = dict.fromkeys(
+        (
+            "compute_kl",
+            "compute_ce_loss",
+            "compute_l2_norms",
+            "compute_featurewise_density_statistics",
+            "compute_featurewise_weight_based_metrics",
+        ),
+        all_metrics,
+    )
+    return FVUCoreEvalConfig(
+        batch_size_prompts=batch_size_prompts,
+        n_eval_sparsity_variance_batches=n_eval_batches,
+        n_eval_reconstruction_batches=n_reconstruction_batches,
+        compute_variance_metrics=True,
+        compute_sparsity_metrics=True,
+        **(flags | fields),
+    )
+
+
+def run_core_eval(
+    sae: Any,
+    model: Any,
+    dataset: Any,
+    config: FVUCoreEvalConfig,
+    *,
+    ignore_tokens: set[int | None] | None = None,
+    out_json: str | Path | None = None,
+    sae_release: str = "local",
+    sae_id: str = "sae",
+    device: str = "cpu",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """SAEBench's ``run_evals`` on ``sae`` with the plugin enabled, tokens from ``dataset``
+    (a Hugging Face dataset or name; pretokenised rows are used as they are), as
+    ``multiple_evals`` does it; optionally saved with SAEBench's ``save_single_eval_result``.
+
+    ``ignore_tokens`` defaults to the tokenizer's BOS, EOS and PAD ids, like
+    ``multiple_evals``. ``extra``: further top-level keys for the result JSON (e.g. the
+    held-out report). Returns SAEBench's result dict (``metrics``, ``feature_metrics``).
+    """
+    from sae_lens import ActivationsStore
+
+    tok = getattr(model, "tokenizer", None)
+    if ignore_tokens is None:
+        ignore_tokens = (
+            set()
+            if tok is None
+            else {
+                t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None
+            }
+        )
+    n_rows = config.batch_size_prompts * max(
+        config.n_eval_sparsity_variance_batches,
+        config.n_eval_reconstruction_batches
+        if (config.compute_kl or config.compute_ce_loss)
+        else 0,
+    )
+    store = ActivationsStore.from_sae(
+        model,
+        sae,
+        dataset=dataset,
+        context_size=config.context_size,
+        streaming=isinstance(dataset, str),
+        store_batch_size_prompts=config.batch_size_prompts,
+        n_batches_in_buffer=2,
+        train_batch_size_tokens=config.batch_size_prompts * config.context_size,
+        total_tokens=max(n_rows, 1) * config.context_size,
+        device=device,
+    )
+    with SAEBENCH.enabled(config.explained_variance_definition):
+        metrics, feature_metrics = _core.run_evals(
+            sae, store, model, config, ignore_tokens=ignore_tokens
+        )
+        result: dict[str, Any] = {
+            "eval_cfg": config,
+            "metrics": metrics,
+            "feature_metrics": feature_metrics,
+            "sae_set": sae_release,
+            "sae_id": sae_id,
+        }
+        if out_json is not None:
+            if (
+                config.compute_featurewise_density_statistics
+                and config.compute_featurewise_weight_based_metrics
+            ):
+                metrics["misc_metrics"] = _core.calculate_misc_metrics(feature_metrics)
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            _core.save_single_eval_result(
+                _core.replace_nans_with_negative_one(result),
+                _core.get_eval_uuid(),
+                _core.get_sae_lens_version(),
+                _core.get_sae_bench_version(),
+                str(out_json),
+                sae,
+            )
+            if extra:
+                saved = json.loads(Path(out_json).read_text())
+                Path(out_json).write_text(json.dumps(saved | extra, indent=2))
+    return result

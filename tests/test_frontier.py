@@ -1,0 +1,196 @@
+"""The frontier's methods on a tiny random model: clustering with L0 > 1 and SAELens-trained
+SAEs, each scored by stock SAEBench; the summary's arithmetic on hand-built rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sae_bench.evals.core import main as core
+from sae_lens import SAE
+from tiny import CTX, HOOK, SPECIAL, make_store, tiny_dataset, tiny_model
+
+from sae_fvu_plugin import explained_variance
+from sae_fvu_plugin import saebench as fsb
+from sae_fvu_plugin.clustering import collect_activations, fit_kmeans
+from sae_fvu_plugin.clustering.codebook_saes import (
+    codebook_of,
+    matching_pursuit_from_codebook,
+    topk_from_codebook,
+)
+from sae_fvu_plugin.clustering.klines import fit_klines
+from sae_fvu_plugin.experiments.config import FrontierConfig
+from sae_fvu_plugin.experiments.frontier import l0_to_match, summarize
+from sae_fvu_plugin.experiments.methods.saes import plateaued
+
+META = dict(model_name="tiny-random", hook_name=HOOK, context_size=CTX, dataset_path="in-memory", prepend_bos=False)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model, ds = tiny_model(offset=2.0, seed=7), tiny_dataset(n=64, seed=7)
+    acts = collect_activations(
+        model, ds, HOOK, 1500, context_size=CTX, batch_prompts=4, drop_first_position=True, progress=False
+    )
+    km = fit_kmeans(acts, 32, n_iter=10, progress=False, metadata=META)
+    return model, ds, acts, km
+
+
+def saebench(sae, model, ds, n_batches=3):
+    from sae_bench.sae_bench_utils.general_utils import _standardize_sae_cfg
+
+    _standardize_sae_cfg(sae.cfg)
+    cfg = fsb.FVUCoreEvalConfig(
+        compute_variance_metrics=True,
+        compute_sparsity_metrics=True,
+        batch_size_prompts=4,
+        n_eval_sparsity_variance_batches=n_batches,
+        context_size=CTX,
+    )
+    with fsb.enabled():
+        metrics, _ = core.run_evals(sae, make_store(model, sae, ds), model, cfg, ignore_tokens=set(SPECIAL))
+    return metrics
+
+
+def test_top1_gain_is_never_worse_than_kmeans_on_its_codebook(lm):
+    model, ds, acts, km = lm
+    mean, dirs = codebook_of(km)
+    top1 = topk_from_codebook(mean, dirs, META)
+    x = acts.float()
+    with torch.no_grad():
+        err_km = (x - km.decode(km.encode(x))).double().square().sum(1)
+        f = top1.encode(x)
+        err_top1 = (x - top1.decode(f)).double().square().sum(1)
+    assert ((f != 0).sum(-1) <= 1).all()
+    assert bool((err_top1 <= err_km * (1 + 1e-5) + 1e-4).all())  # per token
+    assert float(err_top1.sum()) < float(err_km.sum())
+    ev_km = saebench(km, model, ds)["reconstruction_quality"]["explained_variance"]
+    ev_top1 = saebench(top1, model, ds)["reconstruction_quality"]["explained_variance"]
+    assert ev_top1 >= ev_km
+
+
+def test_klines_objective_never_increases_and_beats_its_start(lm, tmp_path):
+    model, ds, acts, km = lm
+    mean, dirs = codebook_of(km)
+    kl = fit_klines(acts, 32, init_codebook=dirs, n_iter=15, progress=False, metadata=META)
+    hist = kl.cfg.metadata.fit["objective_history"]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(hist, hist[1:], strict=False))
+    # its reconstruction error is Σ‖z‖² − Σ max_k (u_k·z)², checked by hand
+    z = acts.double() - acts.double().mean(0)
+    u = kl.W_dec.double()
+    resid = float((z.square().sum(1) - (z @ u.T).abs().max(1).values.square()).sum())
+    assert kl.cfg.metadata.inertia == pytest.approx(resid, rel=1e-4)
+    with torch.no_grad():
+        direct = float((acts - kl.decode(kl.encode(acts))).double().square().sum())
+    assert direct == pytest.approx(resid, rel=1e-4)
+    # at least as good as the signed top-1 on the codebook it started from
+    start = float((z.square().sum(1) - (z @ dirs.T).abs().max(1).values.square()).sum())
+    assert resid <= start * (1 + 1e-9)
+    kl.save_model(tmp_path / "kl")
+    back = SAE.load_from_disk(tmp_path / "kl")
+    assert back.cfg.architecture() == "abstopk" and back.cfg.k == 1
+    assert saebench(back, model, ds)["sparsity"]["l0"] <= 1.0
+
+
+def test_matching_pursuit_over_the_codebook(lm):
+    model, ds, acts, km = lm
+    mean, dirs = codebook_of(km)
+    evs = []
+    for m in (1, 2, 4):
+        mp = matching_pursuit_from_codebook(mean, dirs, m, META)
+        metrics = saebench(mp, model, ds)
+        assert metrics["sparsity"]["l0"] <= m + 1e-9
+        evs.append(metrics["reconstruction_quality"]["explained_variance"])
+    assert evs[0] < evs[1] < evs[2]
+
+
+@pytest.mark.parametrize("kind, k", [("topk", 4), ("batchtopk", 2), ("standard", None)])
+def test_saelens_trained_saes_through_saebench(lm, kind, k):
+    from sae_fvu_plugin.experiments.methods.saes import train
+    from sae_fvu_plugin.experiments.pipeline import FitInput, Point
+
+    model, ds, acts, _ = lm
+    cfg = FrontierConfig(
+        sae_batch_tokens=256,
+        sae_eval_every=256 * 20,
+        sae_max_tokens=256 * 20 * 8,
+        sae_lr=3e-3,
+        val_tokens=256,
+        out="unused",
+    )
+    params = {"d_sae": 64} | ({"k": k} if k else {"l1": 1.0})
+    inp = FitInput(
+        point=Point.of(kind, 0, **params),
+        params=params,
+        acts=acts[:1200],
+        val=acts[1200:],
+        cfg=cfg,
+        options=None,  # type: ignore[arg-type]
+        provenance=None,
+        metadata=META,
+        device="cpu",
+        require=lambda p: None,
+        progress=False,
+    )
+    sae = train(kind, inp)
+    meta = sae.cfg.metadata
+    curve = meta.learning_curve
+    assert 2 <= len(curve) <= 8 and curve[-1][0] == meta.tokens_seen
+    assert curve[-1][1] > curve[0][1] - 0.05  # it learned
+    metrics = saebench(sae, model, ds)
+    ev = metrics["reconstruction_quality"]["explained_variance"]
+    assert 0.2 < ev < 1
+    if kind == "topk":
+        assert metrics["sparsity"]["l0"] == pytest.approx(k)  # exactly k per token
+    # the saved inference SAE takes raw activations (the training scale is folded in)
+    with torch.no_grad():
+        direct = explained_variance(acts[1200:], sae.decode(sae.encode(acts[1200:])))
+    assert direct == pytest.approx(curve[-1][1], abs=0.02 if kind != "batchtopk" else 0.1)
+
+
+def test_plateau_rule():
+    flat = [(i * 100, 0.8 + 0.001 * i) for i in range(1, 6)]
+    rising = [(i * 100, 0.5 + 0.05 * i) for i in range(1, 6)]
+    assert plateaued(flat, 0.005)
+    assert not plateaued(rising, 0.005)
+    assert not plateaued(flat[:4], 0.005)  # too few points to tell
+
+
+def test_l0_to_match_interpolates_in_log_l0():
+    curve = [(1.0, 0.5), (4.0, 0.7), (16.0, 0.9)]
+    assert l0_to_match(curve, 0.4) == 1.0
+    assert l0_to_match(curve, 0.6) == pytest.approx(2.0)  # halfway in log2 between 1 and 4
+    assert l0_to_match(curve, 0.8) == pytest.approx(8.0)
+    assert l0_to_match(curve, 0.95) is None
+
+
+def test_summary_on_hand_built_rows():
+    def row(method, family, l0, a, b, **params):
+        return {
+            "name": f"{method}{l0}", "method": method, "family": family, "layer": 3, "source": "real",
+            "l0": l0, "d_sae": 8, "params": params, "ev_fvu_a": a, "ev_fvu_b": b,
+            "ev_fvu_per_dim": a, "ev_saebench_0_6": a,
+        }
+
+    rows = [
+        row("kmeans", "clustering", 1.0, 0.70, 0.40, n_clusters=8),
+        row("pca_kmeans", "clustering", 3.0, 0.75, 0.60, n_clusters=6, n_pca=2),
+        row("topk", "sae", 1.0, 0.60, 0.50, d_sae=8, k=1),
+        row("topk", "sae", 4.0, 0.80, 0.70, d_sae=8, k=4),
+    ]
+    s = summarize(rows)["3"]
+    a = s["by_definition"]["fvu_a"]
+    # fvu_a: k-means 0.70 is reached halfway (in log2) between L0 1 and 4 → L0 = 2
+    assert a["match"]["topk"]["l0_to_match_kmeans"] == pytest.approx(2.0)
+    # fvu_b: k-means 0.40 is beaten already at L0 = 1
+    assert s["by_definition"]["fvu_b"]["match"]["topk"]["l0_to_match_kmeans"] == 1.0
+    # at L0 = 1, fvu_a ranks k-means first, fvu_b ranks TopK first: the ranking changes
+    assert s["ranking_changes_fvu_a_vs_fvu_b"]["1"] == {"fvu_a": ["kmeans", "topk"], "fvu_b": ["topk", "kmeans"]}
+    line = a["line"]
+    xs = [0.0, math.log2(3), 0.0, 2.0]
+    ys = [0.70, 0.75, 0.60, 0.80]
+    mx, my = sum(xs) / 4, sum(ys) / 4
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    assert line["slope"] == pytest.approx(slope)
+    assert s["clustering_vs_kmeans_at_equal_d_sae"][0]["beats_kmeans"] is True
