@@ -272,12 +272,11 @@ class BatchFeeder:
         }
         if self.acc.bootstrap:
             reps = self.acc.bootstrap_replicates()
-            from .bootstrap import percentile_interval
-
+            ci = self.acc.confidence_interval(sel.ci_level)
             quality["explained_variance_ci"] = {}
             quality["explained_variance_replicates"] = {}
             for n in names:
-                lo, hi = percentile_interval(reps[n], sel.ci_level)
+                lo, hi = ci[n]
                 quality["explained_variance_ci"][n] = [1.0 - hi, 1.0 - lo]
                 quality["explained_variance_replicates"][n] = (1.0 - reps[n]).tolist()
             quality["explained_variance_ci_level"] = sel.ci_level

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=FrontierConfig.__doc__,
     )
     add_experiment_arguments(fr, FrontierConfig)
+    c = sub.add_parser(
+        "compare",
+        help="paired difference of two eval results (A.json B.json), per definition",
+        description="Both values with their intervals and the paired difference with its "
+        "interval, or why the two results are not paired.",
+    )
+    c.add_argument("results", nargs=2, metavar="RESULT_JSON", help="SAEBench result JSONs")
     return p
 
 
@@ -81,6 +88,10 @@ def _main(argv: list[str] | None) -> Any:
         from .clustering.cli import fit_command
 
         return fit_command(cmd, options)
+    if args.command == "compare":
+        from .compare import main as compare_main
+
+        return compare_main(args.results)
     if args.command == "sweep":
         from .experiments.clustering_sweep import run as run_sweep
 

@@ -24,14 +24,27 @@ from sae_fvu_plugin.experiments.config import FrontierConfig
 from sae_fvu_plugin.experiments.frontier import l0_to_match, summarize
 from sae_fvu_plugin.experiments.methods.saes import plateaued
 
-META = dict(model_name="tiny-random", hook_name=HOOK, context_size=CTX, dataset_path="in-memory", prepend_bos=False)
+META = dict(
+    model_name="tiny-random",
+    hook_name=HOOK,
+    context_size=CTX,
+    dataset_path="in-memory",
+    prepend_bos=False,
+)
 
 
 @pytest.fixture(scope="module")
 def lm():
     model, ds = tiny_model(offset=2.0, seed=7), tiny_dataset(n=64, seed=7)
     acts = collect_activations(
-        model, ds, HOOK, 1500, context_size=CTX, batch_prompts=4, drop_first_position=True, progress=False
+        model,
+        ds,
+        HOOK,
+        1500,
+        context_size=CTX,
+        batch_prompts=4,
+        drop_first_position=True,
+        progress=False,
     )
     km = fit_kmeans(acts, 32, n_iter=10, progress=False, metadata=META)
     return model, ds, acts, km
@@ -49,7 +62,9 @@ def saebench(sae, model, ds, n_batches=3):
         context_size=CTX,
     )
     with fsb.enabled():
-        metrics, _ = core.run_evals(sae, make_store(model, sae, ds), model, cfg, ignore_tokens=set(SPECIAL))
+        metrics, _ = core.run_evals(
+            sae, make_store(model, sae, ds), model, cfg, ignore_tokens=set(SPECIAL)
+        )
     return metrics
 
 
@@ -168,9 +183,18 @@ def test_l0_to_match_interpolates_in_log_l0():
 def test_summary_on_hand_built_rows():
     def row(method, family, l0, a, b, **params):
         return {
-            "name": f"{method}{l0}", "method": method, "family": family, "layer": 3, "source": "real",
-            "l0": l0, "d_sae": 8, "params": params, "ev_fvu_a": a, "ev_fvu_b": b,
-            "ev_fvu_per_dim": a, "ev_saebench_0_6": a,
+            "name": f"{method}{l0}",
+            "method": method,
+            "family": family,
+            "layer": 3,
+            "source": "real",
+            "l0": l0,
+            "d_sae": 8,
+            "params": params,
+            "ev_fvu_a": a,
+            "ev_fvu_b": b,
+            "ev_fvu_per_dim": a,
+            "ev_saebench_0_6": a,
         }
 
     rows = [
@@ -186,11 +210,16 @@ def test_summary_on_hand_built_rows():
     # fvu_b: k-means 0.40 is beaten already at L0 = 1
     assert s["by_definition"]["fvu_b"]["match"]["topk"]["l0_to_match_kmeans"] == 1.0
     # at L0 = 1, fvu_a ranks k-means first, fvu_b ranks TopK first: the ranking changes
-    assert s["ranking_changes_fvu_a_vs_fvu_b"]["1"] == {"fvu_a": ["kmeans", "topk"], "fvu_b": ["topk", "kmeans"]}
+    assert s["ranking_changes_fvu_a_vs_fvu_b"]["1"] == {
+        "fvu_a": ["kmeans", "topk"],
+        "fvu_b": ["topk", "kmeans"],
+    }
     line = a["line"]
     xs = [0.0, math.log2(3), 0.0, 2.0]
     ys = [0.70, 0.75, 0.60, 0.80]
     mx, my = sum(xs) / 4, sum(ys) / 4
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
     assert line["slope"] == pytest.approx(slope)
     assert s["clustering_vs_kmeans_at_equal_d_sae"][0]["beats_kmeans"] is True

@@ -6,52 +6,15 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refs import ref_fvu  # noqa: E402
 from sklearn.metrics import explained_variance_score, r2_score
 
 import sae_fvu_plugin as fp
 from sae_fvu_plugin import FVUAccumulator, FVUDefinition, FVUWarning, fvu
-
-# ---------------------------------------------------------------- independent references
-
-
-def ref_fvu(x: np.ndarray, xh: np.ndarray, name: str, ids: np.ndarray | None = None) -> float:
-    """Textbook float64 two-pass formulas, written from DESIGN §1, one per preset."""
-    x = np.asarray(x, np.float64)
-    xh = np.asarray(xh, np.float64)
-    r = x - xh
-    ids = np.zeros(len(x), int) if ids is None else ids
-    batches = [np.flatnonzero(ids == b) for b in np.unique(ids)]
-    if name == "fvu_a":
-        return float((r**2).sum() / ((x - x.mean(0)) ** 2).sum())
-    if name == "fvu_per_dim":
-        return float(np.mean((r**2).sum(0) / ((x - x.mean(0)) ** 2).sum(0)))
-    if name == "sklearn_evs":
-        return float(np.mean(((r - r.mean(0)) ** 2).sum(0) / ((x - x.mean(0)) ** 2).sum(0)))
-    if name == "fvu_uncentered":
-        return float((r**2).sum() / (x**2).sum())
-    if name == "openai_nmse":
-        return float(np.mean((r**2).sum(1) / (x**2).sum(1)))
-    if name == "fvu_b":
-        ratios = [(r[b] ** 2).sum(1) / ((x[b] - x[b].mean(0)) ** 2).sum(1) for b in batches]
-        return float(np.concatenate(ratios).mean())
-    if name == "sparsify":
-        return float(
-            np.mean([(r[b] ** 2).sum() / ((x[b] - x[b].mean(0)) ** 2).sum() for b in batches])
-        )
-    if name == "dictionary_learning":
-        return float(np.mean([r[b].var(0).sum() / x[b].var(0).sum() for b in batches]))
-    if name == "saebench_0_6":
-        d = x.shape[1]
-        s = np.mean([(x[b] ** 2).sum(1).mean() for b in batches])
-        rr = np.mean([(r[b] ** 2).sum(1).mean() for b in batches])
-        return float(rr / (s - (s / d) ** 2))
-    raise KeyError(name)
-
 
 PRESETS = list(fp.DEFINITIONS.presets)
 
@@ -69,6 +32,7 @@ def data(n: int = 512, d: int = 16, offset: float = 0.0, noise: float = 0.5, see
 def test_every_preset_has_a_reference_and_description():
     assert set(PRESETS) == {
         "fvu_a",
+        "fvu_a_evs",
         "fvu_b",
         "fvu_per_dim",
         "fvu_uncentered",
@@ -252,7 +216,7 @@ def test_state_dict_roundtrip_and_mismatch(tmp_path):
         other.load_state_dict(acc.state_dict())
     bad = acc.state_dict()
     bad["state"] = bad["state"][:-3]
-    with pytest.raises(ValueError, match="Corrupt"):
+    with pytest.raises(ValueError, match="state vector must be float64"):
         FVUAccumulator(["fvu_a", "fvu_b", "sparsify"]).load_state_dict(bad)
     with pytest.raises(ValueError, match="Cannot merge accumulators tracking"):
         FVUAccumulator(["fvu_a", "fvu_b", "sparsify"]).merge(other)

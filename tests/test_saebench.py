@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 from pydantic import ValidationError
+from refs import ref_fvu
 from sae_bench.evals.core import main as core
 from sae_bench.evals.core.eval_config import CoreEvalConfig
 from tiny import (
     CTX,
-    HOOK,
     SPECIAL,
     ConstantSAE,
     _standardize_sae_cfg,
@@ -26,6 +26,16 @@ from tiny import (
 
 import sae_fvu_plugin as fp
 from sae_fvu_plugin import saebench as fsb
+
+
+def reference(x, x_hat, keep, ids, names=None):
+    """{name: FVU} from the independent float64 numpy references on the kept tokens."""
+    xs = x[keep].double().numpy()
+    hs = x_hat[keep].double().numpy()
+    bs = ids[keep].numpy()
+    names = names or [n for n in fp.DEFINITIONS.presets]
+    return {n: ref_fvu(xs, hs, n, bs) for n in names}
+
 
 N_BATCHES = 3
 
@@ -152,7 +162,7 @@ def test_loop_equals_functional_for_every_definition(offset_model, ds, kind):
     x, keep, ids = collect(offset_model, sae, ds, N_BATCHES)
     with torch.no_grad():
         x_hat = sae.decode(sae.encode(x))
-    want = fp.fvu_many(x, x_hat, "all", mask=keep, batch_ids=ids)
+    want = reference(x, x_hat, keep, ids)
     with fsb.enabled():
         m, _ = run(offset_model, sae, ds, cfg(explained_variance_report=["all"]))
     got = m["reconstruction_quality"]["explained_variance_by_definition"]
@@ -163,6 +173,7 @@ def test_loop_equals_functional_for_every_definition(offset_model, ds, kind):
             assert value == pytest.approx(1 - want[name], rel=1e-4)
         else:
             assert value == pytest.approx(1 - want[name], rel=1e-9, abs=1e-12), name
+    assert set(got) == set(want)
 
 
 def test_selected_definition_and_saebench_0_6_reproduces_stock(offset_model, ds):
@@ -189,8 +200,11 @@ def test_float64_reproduction_of_stock_formula(offset_model, ds):
     x, keep, ids = collect(offset_model, sae, ds, N_BATCHES)
     with torch.no_grad():
         x_hat = sae.decode(sae.encode(x))
-    ours = fp.explained_variance(x, x_hat, "saebench_0_6", mask=keep, batch_ids=ids)
+    ours = 1 - reference(x, x_hat, keep, ids, ["saebench_0_6"])["saebench_0_6"]
     assert ours == pytest.approx(stock["reconstruction_quality"]["explained_variance"], rel=1e-5)
+    # and the plugin's own float64 formula agrees with the reference
+    plugin = fp.explained_variance(x, x_hat, "saebench_0_6", mask=keep, batch_ids=ids)
+    assert plugin == pytest.approx(ours, rel=1e-9)
 
 
 # ------------------------------------------------------------- nothing else changes
@@ -226,6 +240,12 @@ def test_every_other_metric_bit_identical(offset_model, ds):
         "explained_variance_definition",
         "explained_variance_by_definition",
         "explained_variance_excluded_tokens",
+        "explained_variance_provenance",
+        "explained_variance_ci",
+        "explained_variance_replicates",
+        "explained_variance_ci_level",
+        "explained_variance_bootstrap",
+        "explained_variance_bootstrap_seed",
     }
 
 
@@ -264,20 +284,29 @@ def test_head_indexed_and_hook_z(offset_model, ds):
         with fsb.enabled():
             m, _ = run(model, sae, ds, cfg(explained_variance_report=["fvu_b"]))
         got = m["reconstruction_quality"]["explained_variance_by_definition"]
+        want = reference(x, x_hat, keep, ids, ["fvu_a", "fvu_b"])
         for name in ("fvu_a", "fvu_b"):
-            want = 1 - fp.fvu(x, x_hat, name, mask=keep, batch_ids=ids)
-            assert got[name] == pytest.approx(want, rel=1e-9), (sae.cfg.hook_name, name)
+            assert got[name] == pytest.approx(1 - want[name], rel=1e-9), (sae.cfg.hook_name, name)
 
 
 # ---------------------------------------------------------------------- bad input
 
 
-def test_nan_activations_raise_clearly(ds):
+def test_nan_activations_are_nan_with_a_warning_and_lose_nothing(ds):
     model = tiny_model()
     with torch.no_grad():
         model.embed.W_E[5:40, 3] = float("nan")
-    with fsb.enabled(), pytest.raises(ValueError, match="SAEBench eval batch 1: Non-finite"):
-        run(model, identity_sae(), ds, cfg())
+    stock, _ = run(model, identity_sae(), ds, cfg())
+    with (
+        fsb.enabled(),
+        pytest.warns(fp.FVUWarning, match=r"eval batch 1: \d+ NaN/inf entries in x"),
+    ):
+        m, _ = run(model, identity_sae(), ds, cfg(explained_variance_report=["fvu_b"]))
+    rq = m["reconstruction_quality"]
+    assert math.isnan(rq["explained_variance"])
+    assert all(math.isnan(v) for v in rq["explained_variance_by_definition"].values())
+    assert "NaN/inf" in rq["explained_variance_note"]
+    assert set(m) == set(stock) and m["sparsity"].keys() == stock["sparsity"].keys()
 
 
 # ---------------------------------------------------------------------- result JSON
@@ -330,9 +359,13 @@ def test_result_json_carries_definition(offset_model, ds, tmp_path):
 def test_cli_mirrors_saebench_arguments():
     stock = {a.dest for a in core.arg_parser()._actions}
     ours = fsb.arg_parser()
-    assert stock | {"explained_variance_definition", "explained_variance_report"} == {
-        a.dest for a in ours._actions
+    added = {
+        "explained_variance_definition",
+        "explained_variance_report",
+        "explained_variance_bootstrap",
+        "explained_variance_ci_level",
     }
+    assert stock | added == {a.dest for a in ours._actions}
     args = ours.parse_args(
         [
             "rel",
@@ -346,7 +379,8 @@ def test_cli_mirrors_saebench_arguments():
     assert args.explained_variance_definition == "fvu_b" and args.explained_variance_report == [
         "all"
     ]
-    assert HOOK  # (same hook conventions as SAEBench)
+    with pytest.raises(SystemExit):  # a misspelt definition is refused by the parser
+        ours.parse_args(["rel", "blk", "--explained_variance_definition", "fvu_z"])
 
 
 def test_exclude_norm_above_is_explicit_and_recorded(offset_model, ds, tmp_path):
@@ -370,7 +404,7 @@ def test_exclude_norm_above_is_explicit_and_recorded(offset_model, ds, tmp_path)
     rq = m["reconstruction_quality"]
     assert rq["explained_variance_excluded_tokens"] == int((keep & (norms > thr)).sum()) > 0
     assert plain["reconstruction_quality"]["explained_variance_excluded_tokens"] == 0
-    want = fp.fvu_many(x, x_hat, "all", mask=kept, batch_ids=ids)
+    want = reference(x, x_hat, kept, ids)
     for name, value in rq["explained_variance_by_definition"].items():
         assert value == pytest.approx(1 - want[name], rel=1e-9, abs=1e-12), name
     # other metrics still see every token

@@ -117,6 +117,7 @@ def _sparsity_and_variance(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], d
         and "explained_variance_note" not in quality
     ):
         ev["saebench_0_6"] = float(metrics["explained_variance"])  # SAEBench's own number
+        quality["explained_variance"] = ev[run.selection.definition]
     metrics["explained_variance"] = quality["explained_variance"]
     run.quality = quality
     return metrics, feature_metrics
