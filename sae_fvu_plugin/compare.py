@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from statistics import NormalDist, stdev
 from pathlib import Path
+from statistics import NormalDist, stdev
 from typing import Any
 
 from ._cli import UsageError, run_main
@@ -68,7 +68,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[float, floa
         ra, rb = a["explained_variance_replicates"][n], b["explained_variance_replicates"][n]
         diffs = [x - y for x, y in zip(ra, rb, strict=True) if math.isfinite(x - y)]
         est = a["explained_variance_by_definition"][n] - b["explained_variance_by_definition"][n]
-        half = NormalDist().inv_cdf((1 + level) / 2) * (stdev(diffs) if len(diffs) > 1 else math.nan)
+        half = NormalDist().inv_cdf((1 + level) / 2) * (
+            stdev(diffs) if len(diffs) > 1 else math.nan
+        )
         out[n] = (est - half, est + half, est)
     return out
 

@@ -304,7 +304,9 @@ class EvalCommand:
     model: str | None = _opt(None, "model (default: the SAE's metadata)")
     dataset: str | None = _opt(None, "dataset (default: the SAE's metadata)")
     eval_batches: int = _opt(8, "SAEBench batches for explained variance and sparsity")
-    recon_batches: int = _opt(2, "SAEBench batches for the KL / CE-loss metrics")
+    recon_batches: int = _opt(
+        2, "SAEBench batches for the KL / CE-loss metrics (≥ 1: its result JSON needs them)"
+    )
     batch_prompts: int = _opt(8, "contexts per SAEBench batch")
     definition: str = _opt("fvu_a", "explained-variance definition reported as explained_variance")
     report: list[str] = field(

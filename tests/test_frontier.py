@@ -134,7 +134,7 @@ def test_saelens_trained_saes_through_saebench(lm, kind, k):
         val_tokens=256,
         out="unused",
     )
-    params = {"d_sae": 64} | ({"k": k} if k else {"l1": 1.0})
+    params = {"d_sae": 64} | ({"k": k} if k else {"l1": 0.05})
     inp = FitInput(
         point=Point.of(kind, 0, **params),
         params=params,

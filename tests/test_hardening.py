@@ -76,7 +76,9 @@ def test_one_sae_two_threads_each_run_sees_only_its_batches():
     def work(i):
         try:
             for _ in range(3):
-                got[i] = run_sb(setups[i][0], sae, setups[i][1], cfg(explained_variance_definition=defs[i]))[0]
+                got[i] = run_sb(
+                    setups[i][0], sae, setups[i][1], cfg(explained_variance_definition=defs[i])
+                )[0]
         except Exception as err:  # surfaced below
             errors.append(err)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sae_fvu_plugin.clustering import load_clustering_sae
 from sae_fvu_plugin.clustering.__main__ import main as clustering_cli
 from sae_fvu_plugin.data import AUSTEN_NOVELS, load_austen, load_model, split_contexts
 from sae_fvu_plugin.experiments.clustering_sweep import SweepConfig, run
+from sae_fvu_plugin.experiments.config import FrontierConfig
 
 TOY = dict(
     layers=[1, 3],
@@ -24,6 +26,7 @@ TOY = dict(
     d_sae=32,
     n_pca=[1, 4, 16],
     n_iter=4,
+    bootstrap=20,
 )
 
 
@@ -87,7 +90,7 @@ def test_table_invariants(sweep):
         "fvu_a_vs_fvu_b.png",
         "real_vs_gaussian.png",
     ):
-        assert (pytest.importorskip("pathlib").Path(out) / f).is_file(), f
+        assert (Path(out) / f).is_file(), f
 
 
 def test_held_out_tokens_disjoint(sweep, model):
@@ -111,8 +114,6 @@ def test_loop_fvu_a_equals_direct_computation(sweep, model):
     """The SAEBench-loop value of one saved model against float64 numpy on the same
     held-out activations (BOS masked, as SAEBench's ignore_tokens does)."""
     cfg, summary = sweep
-    from pathlib import Path
-
     row = next(
         r
         for r in summary["rows"]
@@ -122,7 +123,8 @@ def test_loop_fvu_a_equals_direct_computation(sweep, model):
         and not r["massive_excluded"]
     )
     name = f"L3-real-pca_kmeans-k{row['n_clusters']}-p4"
-    sae = load_clustering_sae(Path(cfg.out) / "saes" / name)
+    (folder,) = (Path(cfg.out) / "saes").glob(f"{name}-*")
+    sae = load_clustering_sae(folder)
     n_fit = -(-cfg.fit_tokens // (cfg.context_size - 1))
     n_var = cfg.eval_batches * cfg.batch_prompts
     n_eval = n_var + cfg.recon_batches * cfg.batch_prompts
@@ -169,51 +171,147 @@ def test_rerun_reuses_everything(sweep):
     assert again["rows"] == summary["rows"]
 
 
-def test_clustering_cli_fit_and_eval(tmp_path, model):
+def test_clustering_cli_fit_and_eval(tmp_path, model, capsys):
     out = tmp_path / "km"
-    args = [
-        "fit",
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--tokens",
-        "600",
-        "--n-clusters",
-        "8",
-        "--out",
-        str(out),
-        "--n-iter",
-        "3",
-        "--device",
-        "cpu",
-    ]
+    args = ["fit", "--hook", "blocks.1.hook_resid_post", "--tokens", "600", "--n-clusters", "8"]
+    args += ["--out", str(out), "--n-iter", "3", "--device", "cpu", "--no-progress"]
     clustering_cli(args)
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(SystemExit) as err:
         clustering_cli(args)
+    assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err
     res = clustering_cli(
-        [
-            "eval",
-            str(out),
-            "--eval-batches",
-            "1",
-            "--recon-batches",
-            "1",
-            "--batch-prompts",
-            "2",
-            "--device",
-            "cpu",
-        ]
+        ["eval", str(out), "--eval-batches", "1", "--recon-batches", "1", "--batch-prompts", "2"]
     )
     assert res["metrics"]["sparsity"]["l0"] == 1.0
     saved = json.loads((out / "eval_results.json").read_text())
-    assert (
-        saved["eval_result_metrics"]["reconstruction_quality"]["explained_variance_definition"]
-        == "fvu_a"
-    )
-    # an SAE fitted on another hook's width is refused with a clear error
+    rq = saved["eval_result_metrics"]["reconstruction_quality"]
+    assert rq["explained_variance_definition"] == "fvu_a"
+    # held out by construction: the fit contexts are recorded, the eval ones avoid them
+    held = saved["held_out"]
+    fit_ids = {i for a, b in held["fit_contexts"] for i in range(a, b)}
+    eval_ids = {i for a, b in held["eval_contexts"] for i in range(a, b)}
+    assert len(fit_ids) == 5 and len(eval_ids) == 4 and held["overlap"] == 0 and held["checked"]
+    assert not fit_ids & eval_ids
+    # an SAE fitted on another hook's width is refused with a one-line error
     cfg = json.loads((out / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "blocks.1.mlp.hook_post"
     (out / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(
-        ValueError, match="d_in=576 but the hook 'blocks.1.mlp.hook_post' has width 1536"
-    ):
-        clustering_cli(["eval", str(out), "--eval-batches", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit) as err:
+        clustering_cli(["eval", str(out), "--eval-batches", "1"])
+    assert err.value.code == 2
+    assert (
+        "d_in=576 but the hook 'blocks.1.mlp.hook_post' has width 1536" in capsys.readouterr().err
+    )
+
+
+def test_eval_refuses_overlap_unless_allowed(tmp_path, model, capsys):
+    """An SAE whose recorded fit contexts include the eval contexts is refused."""
+    out = tmp_path / "km"
+    clustering_cli(
+        [
+            "fit",
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--tokens",
+            "300",
+            "--n-clusters",
+            "4",
+            "--out",
+            str(out),
+            "--n-iter",
+            "2",
+            "--no-progress",
+        ]
+    )
+    cfg = json.loads((out / "cfg.json").read_text())
+    from sae_fvu_plugin.data import split_contexts
+
+    split = split_contexts(
+        "austen",
+        model.tokenizer,
+        context_size=128,
+        n_fit=0,
+        n_eval=2,
+        seed=0,
+        fit_ids=[i for a, b in cfg["metadata"]["provenance"]["fit_contexts"] for i in range(a, b)],
+    )
+    # pretend the first eval contexts were fitted on too (same text at the same ids)
+    prov = cfg["metadata"]["provenance"]
+    ids = sorted(
+        {i for a, b in prov["fit_contexts"] for i in range(a, b)} | set(split.eval_index.tolist())
+    )
+    from sae_fvu_plugin.clustering.provenance import to_ranges
+
+    prov["fit_contexts"] = to_ranges(ids)
+    prov["fit_contexts_sha256"] = split.contexts_hash(ids)
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    common = ["--eval-batches", "1", "--recon-batches", "1", "--batch-prompts", "2"]
+    res = clustering_cli(["eval", str(out), *common, "--allow-overlap"])
+    assert res["held_out"]["checked"]
+    # with those ids taken, the plugin now picks other eval contexts: still disjoint
+    assert res["held_out"]["overlap"] == 0
+    prov["fit_contexts_sha256"] = "sha256:someotherthing"
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as err:
+        clustering_cli(["eval", str(out), *common])
+    assert err.value.code == 2 and "overlap cannot be checked" in capsys.readouterr().err
+
+
+def test_toy_frontier_on_the_real_model(tmp_path):
+    from sae_fvu_plugin.experiments.frontier import run as run_frontier
+
+    cfg = FrontierConfig(
+        layers=[1],
+        fit_tokens=1200,
+        eval_batches=2,
+        batch_prompts=2,
+        recon_batches=1,
+        d_sae=16,
+        sae_ks=[1, 4],
+        batchtopk_ks=[2],
+        l1_coefficients=[0.05],
+        pca_ns=[2],
+        residual_stages=[2],
+        mp_iterations=[2],
+        val_tokens=254,
+        sae_batch_tokens=128,
+        sae_eval_every=128 * 10,
+        sae_max_tokens=128 * 10 * 6,
+        n_iter=4,
+        bootstrap=20,
+        out=str(tmp_path / "frontier"),
+    )
+    result = run_frontier(cfg, progress=False)
+    rows = result["rows"]
+    real = [r for r in rows if r["source"] == "real"]
+    methods = {r["method"] for r in real}
+    assert methods == {
+        "kmeans",
+        "kmeans_top1",
+        "klines",
+        "kmeans_mp",
+        "pca_kmeans",
+        "residual_kmeans",
+        "topk",
+        "batchtopk",
+        "standard",
+    }
+    by = {(r["method"], json.dumps(r["params"], sort_keys=True)): r for r in real}
+    assert by[("kmeans", '{"n_clusters": 16}')]["l0"] == 1.0
+    assert by[("residual_kmeans", '{"n_clusters": 8, "n_stages": 2}')]["l0"] == 2.0
+    assert 3 < by[("topk", '{"d_sae": 16, "k": 4}')]["l0"] <= 4.0  # k, less any ReLU'd negatives
+    for r in real:
+        assert r["held_out"]["overlap"] == 0 and r["d_sae"] == 16
+        assert r["tokens_seen"] >= r["n_tokens"] and r["passes"] >= 1
+        for d in ("fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6"):
+            lo, hi = r["ev_ci"][d]
+            assert lo <= r[f"ev_{d}"] <= hi or hi - lo < 1e-12
+        if r["family"] == "sae":
+            assert len(r["learning_curve"]) >= 2
+    assert any(r["source"] == "gaussian" for r in rows)
+    top1 = by[("kmeans_top1", '{"n_clusters": 16}')]["ev_fvu_a"]
+    assert top1 >= by[("kmeans", '{"n_clusters": 16}')]["ev_fvu_a"] - 1e-9
+    summary = result["summary"]["1"]
+    assert set(summary["by_definition"]) == {"fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6"}
+    for f in ("results.csv", "results.json", "frontier.png", "learning_curves.png"):
+        assert (tmp_path / "frontier" / f).is_file(), f

@@ -165,7 +165,7 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
 
     from ..data import AUSTEN, SMOLLM2, load_model, split_contexts
     from ..saebench import core_eval_config, run_core_eval
-    from .provenance import Provenance, check_overlap
+    from .provenance import OverlapError, Provenance, check_overlap
     from .sae import load_clustering_sae
 
     provenance = Provenance.from_metadata(meta)
@@ -182,7 +182,10 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(model_name, device=device)
     width = model_hook_width(model, hook)
-    sae = load_clustering_sae(cmd.sae, device=device, expected_d_in=width)
+    try:
+        sae = load_clustering_sae(cmd.sae, device=device, expected_d_in=width)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
     ctx = int(meta.get("context_size") or 128)
     n_rows = (cmd.eval_batches + cmd.recon_batches) * cmd.batch_prompts
     fit_ids = provenance.fit_ids if provenance is not None else None
@@ -195,12 +198,15 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
         seed=provenance.split_seed or 0 if provenance is not None else 0,
         fit_ids=fit_ids,
     )
-    report = check_overlap(
-        provenance,
-        split.eval_index.tolist(),
-        fit_hash_now=None if fit_ids is None else split.contexts_hash(fit_ids),
-        allow_overlap=cmd.allow_overlap,
-    )
+    try:
+        report = check_overlap(
+            provenance,
+            split.eval_index.tolist(),
+            fit_hash_now=None if fit_ids is None else split.contexts_hash(fit_ids),
+            allow_overlap=cmd.allow_overlap,
+        )
+    except OverlapError as err:
+        raise UsageError(str(err)) from None
     config = core_eval_config(
         n_eval_batches=cmd.eval_batches,
         n_reconstruction_batches=cmd.recon_batches,

@@ -244,15 +244,17 @@ def fit_codebook(
             stage.resume(current)
         best, state = stage.run_all(init, n)
         record = stage.record(best)
-        centroids.append(stage.best_c)
+        best_c = stage.best_c
+        assert best_c is not None
+        centroids.append(best_c)
         records.append(record)
-        entry: dict[str, Any] = {"centroids": stage.best_c.cpu(), "record": record.to_dict()}
+        entry: dict[str, Any] = {"centroids": best_c.cpu(), "record": record.to_dict()}
         if can_extend:
             entry["lloyd"] = state_payload(state, reducer)
         done = [*done, entry]
         ckpt.save({"stages": done, "current": None})
         if s + 1 < len(stages):
-            data.finish_stage(stage.best_c, best.labels)
+            data.finish_stage(best_c, best.labels)
         current = None
     return Codebook(
         mean=stats.mean,

@@ -86,9 +86,10 @@ class Provenance:
             raise ValueError(
                 f"Unknown provenance keys {sorted(unknown)}; expected {sorted(names)}."
             )
-        return cls(
-            **{k: (list(map(list, v)) if k == "fit_contexts" else v) for k, v in data.items()}
-        )
+        values: dict[str, Any] = {
+            k: (list(map(list, v)) if k == "fit_contexts" else v) for k, v in data.items()
+        }
+        return cls(**values)
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> Provenance | None:

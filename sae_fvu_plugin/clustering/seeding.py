@@ -157,8 +157,8 @@ def kmeans_parallel(
         d2.append(_min_dist_sq(b, cands, dtype))
     ell = oversampling * k
     for r in range(rounds):
-        phi = torch.tensor([float(sum(float(t.sum()) for t in d2))], dtype=torch.float64)
-        phi = float(reducer.sum_(phi))
+        total = torch.tensor([float(sum(float(t.sum()) for t in d2))], dtype=torch.float64)
+        phi = float(reducer.sum_(total))
         if not phi > 0:
             break
         gen = _generator(seed, reducer.rank, 100 + r)

@@ -191,8 +191,9 @@ def data_stats(
     for s in shards:
         if s["stats"] is None:
             continue
-        part = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in s["stats"])
-        merged = part if merged is None else _chan(merged, part)  # type: ignore[arg-type]
+        cnt, mu, m2v, sc = s["stats"]
+        part = (cnt, mu.to(device), m2v.to(device), None if sc is None else sc.to(device))
+        merged = part if merged is None else _chan(merged, part)
     if merged is None or merged[0] == 0 or not widths:
         raise ValueError(
             "No activations: the source yielded no rows"

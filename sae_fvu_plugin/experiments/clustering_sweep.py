@@ -114,10 +114,12 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
             ]
         rows = []
         threshold = massive[point.layer]["threshold"]
+        groups: dict[str, Any] = {}
         for excl in (None, threshold):
             tag = "" if excl is None else "_massive_excluded"
             json_path = exp.out / "results" / f"{point.name}{tag}_eval_results.json"
-            res = exp.eval_real(sae, point, exclude=excl, out_json=json_path)
+            res = exp.eval_real(sae, point, exclude=excl, out_json=json_path, reuse_groups=groups)
+            groups = {k: v for k, v in res["metrics"].items() if k.startswith("model_")}
             n_eval = exp.n_var_ctx * cfg.context_size
             rows.append(
                 exp.row(
@@ -279,8 +281,8 @@ def _errorbar(ax: Any, pts: list[dict[str, Any]], x: list[float], key: str, **kw
     y = [r[f"ev_{key}"] for r in pts]
     cis = [(r.get("ev_ci") or {}).get(key) for r in pts]
     if all(c is not None for c in cis) and cis:
-        lo = [max(0.0, v - c[0]) for v, c in zip(y, cis, strict=True)]
-        hi = [max(0.0, c[1] - v) for v, c in zip(y, cis, strict=True)]
+        lo = [max(0.0, v - c[0]) for v, c in zip(y, cis, strict=True) if c is not None]
+        hi = [max(0.0, c[1] - v) for v, c in zip(y, cis, strict=True) if c is not None]
         ax.errorbar(x, y, yerr=[lo, hi], capsize=2, **kw)
     else:
         ax.plot(x, y, **kw)

@@ -469,8 +469,16 @@ def plots(rows: list[dict[str, Any]], out: Path) -> None:
                             x,
                             y,
                             yerr=[
-                                [max(0, v - c[0]) for v, c in zip(y, cis, strict=True)],
-                                [max(0, c[1] - v) for v, c in zip(y, cis, strict=True)],
+                                [
+                                    max(0, v - c[0])
+                                    for v, c in zip(y, cis, strict=True)
+                                    if c is not None
+                                ],
+                                [
+                                    max(0, c[1] - v)
+                                    for v, c in zip(y, cis, strict=True)
+                                    if c is not None
+                                ],
                             ],
                             capsize=2,
                             **kw,

@@ -345,10 +345,12 @@ class Experiment:
         *,
         exclude: float | None = None,
         out_json: Path | None = None,
+        reuse_groups: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """SAEBench's run_evals on the held-out eval contexts (plugin enabled, every
         definition reported); with ``exclude``, tokens above that norm are left out of
-        explained variance (variance contexts only)."""
+        explained variance (variance contexts only, no KL / CE passes: those groups come
+        from ``reuse_groups``, the all-token run of the same SAE)."""
         from datasets import Dataset
 
         from ..saebench import core_eval_config, run_core_eval
@@ -362,7 +364,8 @@ class Experiment:
         variance_only = exclude is not None
         rows = self.split.eval[-self.n_var_ctx :] if variance_only else self.split.eval
         config = core_eval_config(
-            all_metrics=not variance_only,
+            compute_kl=not variance_only,
+            compute_ce_loss=not variance_only,
             n_eval_batches=self.cfg.eval_batches,
             n_reconstruction_batches=self.cfg.recon_batches,
             batch_size_prompts=self.cfg.batch_prompts,
@@ -383,6 +386,7 @@ class Experiment:
             sae_id=point.name,
             device=self.device,
             extra={"held_out": report.to_dict()},
+            reuse_groups=reuse_groups,
         )
         sae.to("cpu")
         res["held_out"] = report.to_dict()

@@ -57,6 +57,7 @@ def run_core_eval(
     sae_id: str = "sae",
     device: str = "cpu",
     extra: dict[str, Any] | None = None,
+    reuse_groups: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """SAEBench's ``run_evals`` on ``sae`` with the plugin enabled, tokens from ``dataset``
     (a Hugging Face dataset or name; pretokenised rows are used as they are), as
@@ -64,7 +65,8 @@ def run_core_eval(
 
     ``ignore_tokens`` defaults to the tokenizer's BOS, EOS and PAD ids, like
     ``multiple_evals``. ``extra``: further top-level keys for the result JSON (e.g. the
-    held-out report). Returns SAEBench's result dict (``metrics``, ``feature_metrics``).
+    held-out report). ``reuse_groups``: metric groups this run did not compute, taken
+    from another run of the same SAE (e.g. KL / CE for a variance-only rerun). Returns SAEBench's result dict (``metrics``, ``feature_metrics``).
     """
     from sae_lens import ActivationsStore
 
@@ -106,6 +108,8 @@ def run_core_eval(
             "sae_set": sae_release,
             "sae_id": sae_id,
         }
+        for group, values in (reuse_groups or {}).items():
+            metrics.setdefault(group, values)  # e.g. KL / CE of a run on the same SAE and tokens
         if out_json is not None:
             if (
                 config.compute_featurewise_density_statistics
