@@ -40,8 +40,7 @@ def register(method: Method) -> Method:
 
 
 def get(name: str) -> Method:
-    if not METHODS:
-        load_builtin()
+    load_builtin()
     try:
         return METHODS[name]
     except KeyError:
