@@ -272,7 +272,7 @@ class BatchFeeder:
         }
         if self.acc.bootstrap:
             reps = self.acc.bootstrap_replicates()
-            ci = self.acc.confidence_interval(sel.ci_level)
+            ci = self.acc.confidence_interval(sel.ci_level, replicates=reps)
             quality["explained_variance_ci"] = {}
             quality["explained_variance_replicates"] = {}
             for n in names:

@@ -313,15 +313,18 @@ class FVUAccumulator:
             return out
 
     def confidence_interval(
-        self, level: float = 0.95, method: str = "normal"
+        self,
+        level: float = 0.95,
+        method: str = "normal",
+        replicates: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[float, float]]:
         """{name: (low, high)}: the bootstrap interval of FVU at ``level`` (for explained
         variance: (1 − high, 1 − low)). ``method="normal"`` (default): estimate ± z·sd of
         the replicates, the better calibrated in our simulations (see
         :func:`~sae_fvu_plugin.bootstrap.normal_interval`); ``"percentile"``: the replicate
-        quantiles."""
+        quantiles. ``replicates``: :meth:`bootstrap_replicates` output, when already at hand."""
         _check_level(level)
-        reps = self.bootstrap_replicates()
+        reps = self.bootstrap_replicates() if replicates is None else replicates
         if method == "percentile":
             return {n: percentile_interval(v, level) for n, v in reps.items()}
         if method != "normal":
