@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint pytest patches-check bench bench-setup schema
+.PHONY: setup demo test lint pytest docs-test patches-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
@@ -26,18 +26,23 @@ lint: setup
 pytest: setup
 	$(PY) -m pytest $(ARGS)
 
+# The README's Python blocks, each in a fresh namespace, at the toy sizes they state.
+docs-test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --markdown-docs -m markdown-docs README.md
+
 # Apply patches/ to the pinned sae-bench and sae-lens releases (fetched from PyPI), run
 # the tests they add and the equivalence tests in a scratch environment.
 patches-check: setup
 	$(PY) scripts/patches.py check
 
-test: lint pytest patches-check
+test: lint pytest docs-test patches-check
 
 bench-setup: setup
 	$(VENV)/bin/uv pip install -q --python $(PY) -c $(VENV)/constraints.txt faiss-cpu fast-pytorch-kmeans
 
 bench: bench-setup
 	$(PY) benchmarks/saebench_overhead.py
+	$(PY) benchmarks/kmeans_seeding.py
 	$(PY) benchmarks/kmeans.py
 
 schema: setup

@@ -17,6 +17,13 @@ class UsageError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line naming the problem (and ``--help`` for more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
@@ -43,7 +50,7 @@ def add_options(
     title: str | None = None,
 ) -> None:
     """One flag per field of the dataclass ``cls`` (help text from ``metadata['help']``,
-    choices from ``metadata['choices']``, the default shown)."""
+    the choices from ``metadata['choices']`` listed in it, the default shown)."""
     skip = set(skip)
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
@@ -70,11 +77,11 @@ def add_options(
             )
         else:
             kw["type"] = _scalar(base)
+            if "choices" in f.metadata:  # validated by the options class, which suggests fixes
+                help_text += f" [one of: {', '.join(f.metadata['choices'])}]"
             kw["help"] = f"{help_text} " + (
                 "(required)" if kw.get("required") else f"(default: {shown})"
             )
-            if "choices" in f.metadata:
-                kw["choices"] = list(f.metadata["choices"])
         if "metavar" in f.metadata:
             kw["metavar"] = f.metadata["metavar"]
         group.add_argument(flag(f.name), **kw)

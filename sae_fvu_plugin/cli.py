@@ -24,7 +24,7 @@ from .options import EvalCommand, FitCommand, KMeansOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _cli.Parser(
         prog="sae-fvu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=EvalCommand.__doc__,
     )
     _cli.add_options(e, EvalCommand)
+    from .definitions import DEFINITIONS  # pydantic only: --help stays fast
+
+    for action in e._actions:
+        if action.dest in ("definition", "report"):
+            action.help = f"{action.help} [valid: {', '.join(DEFINITIONS)}]"
     s = sub.add_parser(
         "sweep",
         help="the clustering sweep: k-means and PCA + k-means under every definition",
@@ -100,7 +105,7 @@ def _main(argv: list[str] | None) -> Any:
         from .experiments.frontier import run as run_frontier
 
         return run_frontier(cmd)
-    from .clustering.cli import eval_command
+    from .evaluate import eval_command
 
     return eval_command(cmd)
 

@@ -295,12 +295,17 @@ class FitCommand:
 
 @dataclass(frozen=True)
 class EvalCommand:
-    """``sae-fvu eval`` of a clustering SAE: SAEBench's core eval on contexts held out from
-    its fit (checked against its provenance), plugin enabled, result JSON written."""
+    """``sae-fvu eval``: SAEBench's core eval of a saved SAE (any SAELens architecture) with
+    the plugin enabled; for an SAE with provenance, on contexts held out from its fit
+    (checked); result JSON written."""
 
     sae: str = _opt(
-        None, "folder of a saved SAE (cfg.json + sae_weights.safetensors)", positional=True
+        None,
+        "folder of a saved SAE (cfg.json + sae_weights.safetensors), or a SAELens registry "
+        "release with --sae-id",
+        positional=True,
     )
+    sae_id: str | None = _opt(None, "SAE id within a SAELens registry release (needs the hub)")
     model: str | None = _opt(None, "model (default: the SAE's metadata)")
     dataset: str | None = _opt(None, "dataset (default: the SAE's metadata)")
     eval_batches: int = _opt(8, "SAEBench batches for explained variance and sparsity")

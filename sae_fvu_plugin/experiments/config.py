@@ -74,13 +74,14 @@ class SweepConfig(ExperimentConfig):
     ks: list[int] = _opt([16, 64, 256], "k of the plain k-means models")
     d_sae: int = _opt(512, "latents of every PCA + k-means model (n_clusters = d_sae − n_pca)")
     n_pca: list[int] = _opt(
-        [1, 2, 5, 10, 20, 50, 100, 200, 500], "PCA components of the PCA + k-means models"
+        [1, 10, 50, 100, 200, 500], "PCA components of the PCA + k-means models"
     )
     massive_fraction: float = _opt(
         0.001, "share of tokens (largest norm) left out in the second evaluation"
     )
     out: str = _opt("out/clustering_sweep", "output folder (reruns reuse what it holds)")
     n_iter: int = _opt(15, "maximum Lloyd iterations of every k-means fit (CPU-sized)")
+    eval_batches: int = _opt(4, "SAEBench batches for explained variance and sparsity")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,6 +97,7 @@ class SweepConfig(ExperimentConfig):
             batch_prompts=16,
             recon_batches=8,
             ks=[1024, 4096, 16384],
+            n_pca=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
             d_sae=4096,
             n_iter=30,
         )

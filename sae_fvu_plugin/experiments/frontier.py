@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FrontierConfig
-from .pipeline import DEFS, Experiment, Point, plain
+from .pipeline import DEFS, Experiment, Point, draw_with_intervals, plain
 
 __all__ = ["FrontierConfig", "main", "points", "run", "summarize"]
 
@@ -105,7 +105,8 @@ def run(cfg: FrontierConfig, *, progress: bool = True) -> dict[str, Any]:
         f"[frontier] {cfg.model} on {cfg.dataset}: layers {cfg.layers} (hook_resid_post), d_sae "
         f"{cfg.d_sae}; {len(pts)} models ({sum(p.method in SAE_FAMILIES for p in pts)} SAEs trained "
         f"by SAELens) fitted on {cfg.fit_tokens:,} tokens, evaluated by SAEBench on "
-        f"{cfg.eval_tokens:,} held-out tokens."
+        f"{cfg.eval_tokens:,} held-out tokens.",
+        flush=True,
     )
     exp = Experiment(cfg, progress=progress)
     cached = sum(exp.is_cached(p) for p in pts)
@@ -117,7 +118,8 @@ def run(cfg: FrontierConfig, *, progress: bool = True) -> dict[str, Any]:
             else f"estimated {estimate_minutes(cfg) * (1 - cached / len(pts)):.0f} min on 2 CPU cores "
             f"({cached} of {len(pts)} models cached)"
         )
-        + f"; output in {out}/"
+        + f"; output in {out}/",
+        flush=True,
     )
     rows = exp.run(pts, exp.default_evaluate, desc="frontier")
     summary = summarize(rows)
@@ -454,37 +456,17 @@ def plots(rows: list[dict[str, Any]], out: Path) -> None:
                     )
                     if not pts:
                         continue
-                    x = [r["l0"] for r in pts]
-                    y = [r[f"ev_{defn}"] for r in pts]
-                    cis = [(r.get("ev_ci") or {}).get(defn) for r in pts]
                     marker, color = styles[method]
-                    kw = dict(
+                    draw_with_intervals(
+                        ax,
+                        [r["l0"] for r in pts],
+                        pts,
+                        defn,
                         marker=marker,
                         color=color,
                         label=method,
                         ls="--" if method in SAE_FAMILIES else "-",
                     )
-                    if all(c is not None for c in cis):
-                        ax.errorbar(
-                            x,
-                            y,
-                            yerr=[
-                                [
-                                    max(0, v - c[0])
-                                    for v, c in zip(y, cis, strict=True)
-                                    if c is not None
-                                ],
-                                [
-                                    max(0, c[1] - v)
-                                    for v, c in zip(y, cis, strict=True)
-                                    if c is not None
-                                ],
-                            ],
-                            capsize=2,
-                            **kw,
-                        )
-                    else:
-                        ax.plot(x, y, **kw)
                 ax.set_xscale("log", base=2)
                 ax.set_title(
                     f"layer {layer}: {defn}"

@@ -541,6 +541,22 @@ class Experiment:
         return [self.row(point, sae, res, massive_excluded=False, n_eval_tokens=n)]
 
 
+def draw_with_intervals(
+    ax: Any, x: list[float], rows: list[dict[str, Any]], key: str, **kw: Any
+) -> None:
+    """Explained variance ``ev_<key>`` of ``rows`` against ``x``, with each row's bootstrap
+    interval as an error bar when every row has one."""
+    y = [r[f"ev_{key}"] for r in rows]
+    cis = [(r.get("ev_ci") or {}).get(key) for r in rows]
+    fmt = kw.pop("fmt", "")
+    if cis and all(c is not None for c in cis):
+        lo = [max(0.0, v - c[0]) for v, c in zip(y, cis, strict=True) if c is not None]
+        hi = [max(0.0, c[1] - v) for v, c in zip(y, cis, strict=True) if c is not None]
+        ax.errorbar(x, y, yerr=[lo, hi], fmt=fmt, capsize=2, **kw)
+    else:
+        ax.plot(x, y, fmt, **kw)
+
+
 def plain(obj: Any) -> Any:
     """JSON-friendly copy (dataclasses, tensors, NaN → None)."""
     if hasattr(obj, "__dataclass_fields__"):
@@ -563,6 +579,7 @@ __all__ = [
     "Point",
     "gaussian_like",
     "key_of",
+    "draw_with_intervals",
     "massive_stats",
     "plain",
 ]

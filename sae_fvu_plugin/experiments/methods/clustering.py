@@ -9,42 +9,28 @@ from typing import Any
 from . import Method, register
 
 
-def _kmeans(inp: Any) -> Any:
-    from ...clustering import fit_kmeans
+def _fitted(fn_name: str, *param_names: str) -> Any:
+    """A fit function calling ``sae_fvu_plugin.clustering.<fn_name>`` with the point's
+    parameters (in order), the shared options and the provenance (or, for the Gaussian
+    control, which has none, the base metadata)."""
 
-    return fit_kmeans(
-        inp.acts,
-        inp.params["n_clusters"],
-        options=inp.options,
-        provenance=inp.provenance,
-        metadata=None if inp.provenance is not None else inp.metadata,
-    )
+    def fit(inp: Any) -> Any:
+        from ... import clustering
 
+        return getattr(clustering, fn_name)(
+            inp.acts,
+            *(inp.params[p] for p in param_names),
+            options=inp.options,
+            provenance=inp.provenance,
+            metadata=None if inp.provenance is not None else inp.metadata,
+        )
 
-def _pca_kmeans(inp: Any) -> Any:
-    from ...clustering import fit_pca_kmeans
-
-    return fit_pca_kmeans(
-        inp.acts,
-        inp.params["n_clusters"],
-        inp.params["n_pca"],
-        options=inp.options,
-        provenance=inp.provenance,
-        metadata=None if inp.provenance is not None else inp.metadata,
-    )
+    return fit
 
 
-def _residual(inp: Any) -> Any:
-    from ...clustering import fit_residual_kmeans
-
-    return fit_residual_kmeans(
-        inp.acts,
-        inp.params["n_clusters"],
-        inp.params["n_stages"],
-        options=inp.options,
-        provenance=inp.provenance,
-        metadata=None if inp.provenance is not None else inp.metadata,
-    )
+_kmeans = _fitted("fit_kmeans", "n_clusters")
+_pca_kmeans = _fitted("fit_pca_kmeans", "n_clusters", "n_pca")
+_residual = _fitted("fit_residual_kmeans", "n_clusters", "n_stages")
 
 
 def _codebook(inp: Any) -> tuple[Any, Any, dict[str, Any]]:

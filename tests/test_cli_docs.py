@@ -1,0 +1,161 @@
+"""The ``sae-fvu`` command line and the docs' commands: errors before work (one line, exit
+status 2), help without heavy imports, and every command the README and CONTRIBUTING show
+parses against the real parser (their Python blocks run in ``make docs-test``)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_fvu_plugin.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(capsys, argv, match):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert re.search(match, lines[0]), lines[0]
+
+
+def test_user_errors_are_one_line_before_any_work(capsys, tmp_path):
+    one_line_error(
+        capsys,
+        [
+            "fit",
+            "--hook",
+            "blocks.3.hook_resid_pots",
+            "--n-clusters",
+            "8",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        r"hook 'blocks.3.hook_resid_pots'.*Did you mean 'blocks.3.hook_resid_post'",
+    )
+    one_line_error(
+        capsys,
+        [
+            "fit",
+            "--hook",
+            "blocks.3.hook_resid_post",
+            "--n-clusters",
+            "-4",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        r"--n-clusters must be an integer ≥ 1, got -4",
+    )
+    one_line_error(
+        capsys,
+        [
+            "fit",
+            "--hook",
+            "blocks.3.hook_resid_post",
+            "--n-clusters",
+            "8",
+            "--out",
+            str(tmp_path / "o"),
+            "--empty",
+            "spilt",
+        ],
+        r"empty must be one of split, farthest; got 'spilt'. Did you mean 'split'",
+    )
+    one_line_error(capsys, ["eval", str(tmp_path / "missing")], r"is not a folder")
+    (tmp_path / "notsae").mkdir()
+    one_line_error(capsys, ["eval", str(tmp_path / "notsae")], r"is not a saved SAE")
+    from sae_fvu_plugin.clustering import fit_kmeans
+
+    fit_kmeans(
+        torch.randn(100, 8),
+        4,
+        progress=False,
+        metadata={"model_name": "m", "hook_name": "blocks.0.hook_resid_post"},
+    ).save_model(tmp_path / "sae")
+    one_line_error(
+        capsys,
+        ["eval", str(tmp_path / "sae"), "--definition", "fvu_z"],
+        r"Unknown explained-variance definition 'fvu_z'. Valid names: fvu_a",
+    )
+    one_line_error(capsys, ["eval", "some/release", "--sae-id", "layer_3"], r"needs|hub")
+    one_line_error(
+        capsys, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], r"does not exist"
+    )
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys, contextlib, io\n"
+        "from sae_fvu_plugin.cli import build_parser\n"
+        "p = build_parser()\n"
+        "for sub in ('fit', 'eval', 'sweep', 'frontier', 'compare'):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        p.parse_args([sub, '--help'])\n"
+        "print(sorted(m for m in ('torch', 'sae_lens', 'sae_bench', 'transformer_lens') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_flag_has_help_and_default():
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("fit", "eval", "sweep", "frontier"):
+        for action in subs[name]._actions:
+            if action.dest in ("help", "full") or not action.option_strings:
+                continue
+            assert action.help and (
+                "default:" in action.help
+                or "(required)" in action.help
+                or action.help.endswith(")")
+            ), (name, action.dest)
+    eval_def = next(a for a in subs["eval"]._actions if a.dest == "definition")
+    assert "fvu_a" in eval_def.help
+
+
+def doc_commands():
+    """``sae-fvu ...`` lines of the bash blocks of README.md and CONTRIBUTING.md."""
+    for doc in ("README.md", "CONTRIBUTING.md"):
+        text = (ROOT / doc).read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                line = line.split("#", 1)[0].strip()
+                for prefix in ("sae-fvu ", "torchrun "):
+                    if line.startswith(prefix):
+                        yield doc, line
+
+
+@pytest.mark.parametrize("doc, line", list(doc_commands()))
+def test_documented_commands_parse(doc, line):
+    args = shlex.split(line)
+    if args[0] == "torchrun":
+        args = args[args.index("sae_fvu_plugin.clustering") + 1 :]
+    else:
+        args = args[1:]
+    if args[-1] == "...":
+        return
+    if "--help" in args:
+        with pytest.raises(SystemExit) as err:
+            build_parser().parse_args(args)
+        assert err.value.code == 0
+        return
+    build_parser().parse_args(args)  # raises SystemExit(2) on an unknown flag
+
+
+def test_documented_make_targets_and_scripts_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z-]+):", makefile, flags=re.M))
+    for doc in ("README.md", "CONTRIBUTING.md"):
+        text = (ROOT / doc).read_text()
+        for target in re.findall(r"\bmake ([a-z-]+)", text):
+            assert target in targets, (doc, target)
+        for script in re.findall(r"(benchmarks/\w+\.py|scripts/\w+\.(?:py|sh))", text):
+            assert (ROOT / script).is_file(), (doc, script)
