@@ -68,8 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> Any:
+def run(argv: list[str] | None = None) -> Any:
+    """Run one ``sae-fvu`` command and return its result (the eval result dict, the
+    experiment's summary, the fitted SAE's folder, the paired differences)."""
     return _cli.run_main(_main, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: run the command, exit status 0 (user errors exit 2)."""
+    run(argv)
+    return 0
 
 
 def _main(argv: list[str] | None) -> Any:

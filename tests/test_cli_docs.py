@@ -15,6 +15,31 @@ import torch
 
 from sae_fvu_plugin.cli import build_parser, main
 
+
+def fake_result(path, ev, reps):
+    prov = {"tokens": 100, "batches": 2, "bootstrap": 3, "seed": 0, "units_fingerprint": "ab"}
+    rq = {
+        "explained_variance_by_definition": {"fvu_a": ev},
+        "explained_variance_ci": {"fvu_a": [ev - 0.1, ev + 0.1]},
+        "explained_variance_ci_level": 0.95,
+        "explained_variance_replicates": {"fvu_a": reps},
+        "explained_variance_provenance": {"fvu_a": prov},
+    }
+    path.write_text(__import__("json").dumps({"eval_result_metrics": {"reconstruction_quality": rq}}))
+    return str(path)
+
+
+def test_console_script_exits_zero(tmp_path, capsys):
+    """The entry point's return value becomes the process's exit status: 0, not a result."""
+    a = fake_result(tmp_path / "a.json", 0.8, [0.79, 0.8, 0.81])
+    b = fake_result(tmp_path / "b.json", 0.7, [0.70, 0.69, 0.72])
+    assert main(["compare", a, b]) == 0
+    assert "paired difference" in capsys.readouterr().out
+    script = Path(sys.executable).parent / "sae-fvu"
+    done = subprocess.run([str(script), "compare", a, b], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "+0.10000" in done.stdout
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -81,7 +81,6 @@ class SweepConfig(ExperimentConfig):
     )
     out: str = _opt("out/clustering_sweep", "output folder (reruns reuse what it holds)")
     n_iter: int = _opt(15, "maximum Lloyd iterations of every k-means fit (CPU-sized)")
-    eval_batches: int = _opt(4, "SAEBench batches for explained variance and sparsity")
 
     def __post_init__(self) -> None:
         super().__post_init__()
