@@ -117,11 +117,11 @@ class FrontierConfig(ExperimentConfig):
     d_sae: int = _opt(512, "latents of every model")
     eval_batches: int = _opt(4, "SAEBench batches for explained variance and sparsity")
     sae_ks: list[int] = _opt([1, 4, 16, 64], "k of the TopK SAEs")
-    batchtopk_ks: list[int] = _opt([4, 32], "k of the BatchTopK SAEs")
+    batchtopk_ks: list[int] = _opt([8], "k of the BatchTopK SAEs")
     l1_coefficients: list[float] = _opt(
-        [10.0, 3.0, 1.0],
+        [3.0, 1.0],
         "L1 coefficients of the standard (ReLU + L1) SAEs (on activations scaled to mean norm √d; "
-        "10 / 3 / 1 give L0 ≈ 2 / 8 / 60 on SmolLM2 layer 15)",
+        "10 / 3 / 1 give L0 ≈ 2 / 9 / 36 on SmolLM2 layer 15)",
     )
     pca_ns: list[int] = _opt([4, 32], "n_pca of the PCA + k-means models (L0 = n_pca + 1)")
     residual_stages: list[int] = _opt([2, 8], "stages of the residual k-means models (L0 = stages)")
@@ -141,8 +141,8 @@ class FrontierConfig(ExperimentConfig):
     )
     gaussian_grid: str = _opt(
         "small",
-        "methods fitted on the Gaussian control: 'small' (k-means, its top-1, the first PCA + "
-        "k-means and residual k-means, one TopK and one standard SAE) or 'all'",
+        "methods fitted on the Gaussian control: 'small' (k-means, its top-1, the middle PCA + "
+        "k-means, residual k-means and TopK SAE) or 'all'",
     )
     out: str = _opt("out/frontier", "output folder (reruns reuse what it holds)")
 
@@ -178,7 +178,7 @@ class FrontierConfig(ExperimentConfig):
             sae_ks=[1, 2, 4, 8, 16, 32, 64],
             batchtopk_ks=[1, 2, 4, 8, 16, 32, 64],
             sae_lr=1e-3,
-            l1_coefficients=[30.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5],
+            l1_coefficients=[10.0, 5.0, 3.0, 2.0, 1.0, 0.5],
             pca_ns=[1, 4, 16, 64, 256],
             residual_stages=[2, 4, 8, 16],
             mp_iterations=[2, 4, 8, 16, 32],

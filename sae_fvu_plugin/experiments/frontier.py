@@ -69,8 +69,9 @@ def points(cfg: FrontierConfig) -> list[Point]:
             if not small:
                 for k in cfg.batchtopk_ks:
                     out.append(Point.of("batchtopk", layer, src, d_sae=d, k=k))
-            for c in pick(cfg.l1_coefficients):
-                out.append(Point.of("standard", layer, src, d_sae=d, l1=float(c)))
+            if not small:
+                for c in cfg.l1_coefficients:
+                    out.append(Point.of("standard", layer, src, d_sae=d, l1=float(c)))
     return out
 
 
