@@ -236,11 +236,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "n_clusters",
         "n_pca",
         "fvu_a",
+        "±",
         "fvu_b",
         "fvu_per_dim",
         "SAEBench 0.6.0",
     ]
-    lines = ["\nExplained variance (1 - FVU) on held-out tokens, SAEBench core eval + plugin"]
+    lines = [
+        "\nExplained variance (1 - FVU) on held-out tokens, SAEBench core eval + plugin "
+        "(± = half the 95 % bootstrap interval of fvu_a)"
+    ]
     table = [head]
     for r in sorted(
         rows,
@@ -260,12 +264,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 str(r["n_tokens"]),
                 str(r["n_clusters"]),
                 str(r["n_pca"]),
-                *(f"{r[f'ev_{d}']:.4f}" for d in DEFS),
+                f"{r['ev_fvu_a']:.4f}",
+                half_width(r, "fvu_a"),
+                *(f"{r[f'ev_{d}']:.4f}" for d in DEFS[1:]),
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table]
     return "\n".join(lines)
+
+
+def half_width(row: dict[str, Any], defn: str) -> str:
+    ci = (row.get("ev_ci") or {}).get(defn)
+    return "-" if not ci else f"{(ci[1] - ci[0]) / 2:.4f}"
 
 
 def format_ratios(ratios: dict[str, dict[str, float]]) -> str:

@@ -207,6 +207,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 match[fam] = {
                     "l0_to_match_kmeans": None if km is None else l0_to_match(curve, km),
                     "l0_to_match_pca_kmeans": {str(l0): l0_to_match(curve, ev) for l0, ev in pk},
+                    "smallest_l0_tried": curve[0][0],
                 }
             # ranking of methods by explained variance at common L0 values
             grid = [1.0, 2.0, 4.0, 8.0, 16.0]
@@ -270,10 +271,29 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[str(layer)] = {
             "by_definition": by_def,
             "ranking_changes_fvu_a_vs_fvu_b": changes,
-            "clustering_vs_kmeans_at_equal_d_sae": beats,
+            "clustering_vs_kmeans_at_equal_d_sae": beats,  # (SAEs too: every method vs k-means)
             "saes_plateaued": {r["name"]: r.get("plateaued") for r in real if r["family"] == "sae"},
         }
     return out
+
+
+def paired_interval(
+    a: dict[str, Any], b: dict[str, Any], defn: str, level: float = 0.95
+) -> tuple[float, float]:
+    """95 % interval of EV(a) − EV(b) from their paired bootstrap replicates (the same eval
+    contexts, the same weights): estimate ± z · sd of the replicate differences."""
+    from statistics import NormalDist, stdev
+
+    ra = (a.get("ev_replicates") or {}).get(defn)
+    rb = (b.get("ev_replicates") or {}).get(defn)
+    if not ra or not rb or len(ra) != len(rb):
+        return math.nan, math.nan
+    diffs = [x - y for x, y in zip(ra, rb, strict=True) if math.isfinite(x - y)]
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    est = a[f"ev_{defn}"] - b[f"ev_{defn}"]
+    half = NormalDist().inv_cdf((1 + level) / 2) * stdev(diffs)
+    return est - half, est + half
 
 
 def _line(xs: list[float], ys: list[float]) -> dict[str, float] | None:
@@ -307,13 +327,18 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"  {defn}: k-means (L0 = 1) explains {km:.4f}" if km is not None else f"  {defn}:"
             )
             for fam, m in d["match"].items():
-                l0 = m["l0_to_match_kmeans"]
+                first = m.get("smallest_l0_tried")
+
+                def said(v: float | None, first: float | None = first) -> str:
+                    if v is None:
+                        return "never (in range)"
+                    return f"≤ {v:.1f}" if first is not None and v <= first else f"≈ {v:.1f}"
+
                 pk = ", ".join(
-                    f"PCA+k-means L0={k}: {'never' if v is None else f'{v:.1f}'}"
-                    for k, v in m["l0_to_match_pca_kmeans"].items()
+                    f"PCA+k-means L0={k}: {said(v)}" for k, v in m["l0_to_match_pca_kmeans"].items()
                 )
                 lines.append(
-                    f"    {fam:>9} matches k-means at L0 {'never (in range)' if l0 is None else f'≈ {l0:.2f}'}; {pk}"
+                    f"    {fam:>9} matches k-means at L0 {said(m['l0_to_match_kmeans'])}; {pk}"
                 )
             line = d["line"]
             if line:
@@ -331,9 +356,17 @@ def format_summary(summary: dict[str, Any]) -> str:
                 else "1–16: the same under fvu_a and fvu_b"
             )
         )
+        lines.append(
+            "  fvu_a minus k-means (L0 = 1) at equal d_sae, paired 95 % interval (same tokens):"
+        )
         for b in s["clustering_vs_kmeans_at_equal_d_sae"]:
+            lo, hi = b["paired_ci"]
+            params = ",".join(
+                f"{k}={v:g}" for k, v in b["params"].items() if k not in ("d_sae", "n_clusters")
+            )
             lines.append(
-                f"  {b['method']:<16} {json.dumps(b['params'])}: L0 {b['l0']:.1f}, fvu_a {b['ev_fvu_a_minus_kmeans']:+.4f} vs k-means"
+                f"    {b['method']:<16} {params:<12} L0 {b['l0']:5.1f}: {b['ev_fvu_a_minus_kmeans']:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}]" + ("  better" if b["beats_kmeans"] else "")
             )
     return "\n".join(lines)
 

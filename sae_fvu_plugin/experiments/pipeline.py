@@ -36,6 +36,7 @@ from . import methods as method_registry
 from .config import ExperimentConfig
 
 DEFS = ("fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6")
+ROWS_FORMAT = 2  # bump when a result row gains fields, so cached rows are recomputed
 
 
 def key_of(*parts: Any) -> str:
@@ -174,7 +175,12 @@ class Experiment:
             cfg.model, cfg.dataset, ctx, cfg.fit_tokens, self.val_tokens, cfg.seed, cfg.layers
         )
         self.eval_key = key_of(
-            self.data_key, cfg.eval_batches, cfg.batch_prompts, cfg.recon_batches, cfg.bootstrap
+            ROWS_FORMAT,
+            self.data_key,
+            cfg.eval_batches,
+            cfg.batch_prompts,
+            cfg.recon_batches,
+            cfg.bootstrap,
         )
         self.fit_acts, self.val_acts = self._activations()
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
@@ -393,12 +399,12 @@ class Experiment:
         return res
 
     def bootstrap_fields(self) -> dict[str, Any]:
-        """Config fields of the uncertainty intervals (when the plugin supports them)."""
-        from ..saebench import FVUCoreEvalConfig
-
-        if "explained_variance_bootstrap" in FVUCoreEvalConfig.__dataclass_fields__:
-            return {"explained_variance_bootstrap": self.cfg.bootstrap}
-        return {}
+        """Config fields of the uncertainty intervals (paired across every point: same
+        seed, same eval contexts)."""
+        return {
+            "explained_variance_bootstrap": self.cfg.bootstrap,
+            "explained_variance_seed": self.cfg.seed,
+        }
 
     def eval_direct(self, sae: Any, point: Point) -> dict[str, Any]:
         """The Gaussian control (no model): every definition on the eval samples with the
@@ -427,22 +433,18 @@ class Experiment:
             },
             "held_out": None,
         }
-        ci = getattr(acc, "confidence_interval", None)
-        if ci is not None and self.cfg.bootstrap:
+        if self.cfg.bootstrap:
             rq = out["metrics"]["reconstruction_quality"]
+            reps = acc.bootstrap_replicates()
             rq["explained_variance_ci"] = {
-                k: [1 - hi, 1 - lo] for k, (lo, hi) in acc.confidence_interval().items()
+                k: [1 - hi, 1 - lo]
+                for k, (lo, hi) in acc.confidence_interval(replicates=reps).items()
             }
+            rq["explained_variance_replicates"] = {k: (1 - v).tolist() for k, v in reps.items()}
         return out
 
     def _acc_kwargs(self) -> dict[str, Any]:
-        import inspect
-
-        from .. import FVUAccumulator
-
-        if "bootstrap" in inspect.signature(FVUAccumulator).parameters:
-            return {"bootstrap": self.cfg.bootstrap, "seed": self.cfg.seed}
-        return {}
+        return {"bootstrap": self.cfg.bootstrap, "seed": self.cfg.seed}
 
     # ------------------------------------------------------------------------ rows
 
@@ -472,6 +474,11 @@ class Experiment:
             "excluded_tokens": rq.get("explained_variance_excluded_tokens", 0),
             "ev_all": ev,
             "ev_ci": rq.get("explained_variance_ci"),
+            "ev_replicates": {
+                d: v
+                for d, v in (rq.get("explained_variance_replicates") or {}).items()
+                if d in ("fvu_a", "fvu_b")
+            },
             "kl_div_score": m.get("model_behavior_preservation", {}).get("kl_div_score"),
             "ce_loss_score": m.get("model_performance_preservation", {}).get("ce_loss_score"),
             "cossim": rq.get("cossim"),
