@@ -25,7 +25,9 @@ def fake_result(path, ev, reps):
         "explained_variance_replicates": {"fvu_a": reps},
         "explained_variance_provenance": {"fvu_a": prov},
     }
-    path.write_text(__import__("json").dumps({"eval_result_metrics": {"reconstruction_quality": rq}}))
+    path.write_text(
+        __import__("json").dumps({"eval_result_metrics": {"reconstruction_quality": rq}})
+    )
     return str(path)
 
 
@@ -39,6 +41,7 @@ def test_console_script_exits_zero(tmp_path, capsys):
     done = subprocess.run([str(script), "compare", a, b], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "+0.10000" in done.stdout
+
 
 ROOT = Path(__file__).resolve().parent.parent
 

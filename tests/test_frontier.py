@@ -222,4 +222,7 @@ def test_summary_on_hand_built_rows():
         (x - mx) ** 2 for x in xs
     )
     assert line["slope"] == pytest.approx(slope)
-    assert s["clustering_vs_kmeans_at_equal_d_sae"][0]["beats_kmeans"] is True
+    vs = {(b["method"], b["l0"]): b for b in s["vs_kmeans_at_equal_d_sae"]}
+    assert vs[("pca_kmeans", 3.0)]["beats_kmeans"] is True  # no replicates here: by the estimate
+    assert vs[("topk", 1.0)]["ev_fvu_a_minus_kmeans"] == pytest.approx(-0.10)
+    assert vs[("topk", 4.0)]["beats_kmeans"] is True

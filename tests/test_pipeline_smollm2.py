@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_fvu_plugin.clustering import load_clustering_sae
 from sae_fvu_plugin.cli import run as clustering_cli
+from sae_fvu_plugin.clustering import load_clustering_sae
 from sae_fvu_plugin.data import AUSTEN_NOVELS, load_austen, load_model, split_contexts
 from sae_fvu_plugin.experiments.clustering_sweep import SweepConfig, run
 from sae_fvu_plugin.experiments.config import FrontierConfig
