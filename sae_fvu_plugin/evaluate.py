@@ -111,6 +111,9 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
         explained_variance_definition=cmd.definition,
         explained_variance_report=list(cmd.report),
         explained_variance_exclude_norm_above=cmd.exclude_norm_above,
+        explained_variance_bootstrap=cmd.bootstrap,
+        explained_variance_ci_level=cmd.ci_level,
+        explained_variance_seed=cmd.seed,
     )
     out_json = Path(cmd.output_json or Path(cmd.sae) / "eval_results.json")
     res = run_core_eval(

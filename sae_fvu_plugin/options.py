@@ -321,6 +321,9 @@ class EvalCommand:
     exclude_norm_above: float | None = _opt(
         None, "leave tokens with a larger activation norm out of explained variance"
     )
+    bootstrap: int = _opt(100, "bootstrap replicates behind the intervals (0: none)")
+    ci_level: float = _opt(0.95, "coverage of the bootstrap intervals")
+    seed: int = _opt(0, "seed of the bootstrap weights (pair results that share it)")
     output_json: str | None = _opt(None, "result JSON path (default: SAE folder/eval_results.json)")
     allow_overlap: bool = _opt(
         False, "score even if eval contexts overlap the fit contexts (or cannot be checked)"
@@ -339,3 +342,7 @@ class EvalCommand:
         )
         if self.exclude_norm_above is not None:
             check_float("--exclude-norm-above", self.exclude_norm_above, 0.0)
+        object.__setattr__(self, "bootstrap", check_int("--bootstrap", self.bootstrap, 0))
+        object.__setattr__(self, "seed", check_int("--seed", self.seed, 0))
+        if not 0 < check_float("--ci-level", self.ci_level, 0.0) < 1:
+            raise ValueError(f"--ci-level must be in (0, 1), e.g. 0.95; got {self.ci_level}.")

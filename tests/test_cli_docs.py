@@ -113,6 +113,14 @@ def test_user_errors_are_one_line_before_any_work(capsys, tmp_path):
         ["eval", str(tmp_path / "sae"), "--definition", "fvu_z"],
         r"Unknown explained-variance definition 'fvu_z'. Valid names: fvu_a",
     )
+    one_line_error(
+        capsys,
+        ["eval", str(tmp_path / "sae"), "--ci-level", "95"],
+        r"--ci-level must be in \(0, 1\), e.g. 0.95; got 95",
+    )
+    one_line_error(
+        capsys, ["eval", str(tmp_path / "sae"), "--bootstrap", "-1"], r"--bootstrap must be"
+    )
     one_line_error(capsys, ["eval", "some/release", "--sae-id", "layer_3"], r"needs|hub")
     one_line_error(
         capsys, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], r"does not exist"

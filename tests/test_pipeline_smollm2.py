@@ -91,6 +91,13 @@ def test_table_invariants(sweep):
         "real_vs_gaussian.png",
     ):
         assert (Path(out) / f).is_file(), f
+    # one labelled result JSON per evaluated row, Gaussian-control rows included
+    saved = sorted(p.name for p in (Path(out) / "results").glob("*_eval_results.json"))
+    assert len(saved) == len(rows), (len(saved), len(rows))
+    gauss = [p for p in saved if "-gaussian-" in p]
+    assert len(gauss) == len(rows) - len(real)
+    note = json.loads((Path(out) / "results" / gauss[0]).read_text())["eval_config"]["note"]
+    assert "Gaussian control" in note
 
 
 def test_held_out_tokens_disjoint(sweep, model):
@@ -181,11 +188,16 @@ def test_clustering_cli_fit_and_eval(tmp_path, model, capsys):
     assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err
     res = clustering_cli(
         ["eval", str(out), "--eval-batches", "1", "--recon-batches", "1", "--batch-prompts", "2"]
+        + ["--bootstrap", "7", "--ci-level", "0.9", "--seed", "3"]
     )
     assert res["metrics"]["sparsity"]["l0"] == 1.0
     saved = json.loads((out / "eval_results.json").read_text())
     rq = saved["eval_result_metrics"]["reconstruction_quality"]
     assert rq["explained_variance_definition"] == "fvu_a"
+    # the interval flags reach the result
+    assert rq["explained_variance_ci_level"] == 0.9
+    assert len(rq["explained_variance_replicates"]["fvu_a"]) == 7
+    assert rq["explained_variance_provenance"]["fvu_a"]["seed"] == 3
     # held out by construction: the fit contexts are recorded, the eval ones avoid them
     held = saved["held_out"]
     fit_ids = {i for a, b in held["fit_contexts"] for i in range(a, b)}

@@ -101,6 +101,7 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
         base = {"n_clusters": point.p["n_clusters"], "n_pca": point.p.get("n_pca", 0)}
         if point.source != "real":
             res = exp.eval_direct(sae, point)
+            exp.save_direct(point, res, exp.out / "results" / f"{point.name}_eval_results.json")
             n = len(exp.gaussian(point.layer)["eval"])
             return [
                 exp.row(

@@ -443,6 +443,29 @@ class Experiment:
             rq["explained_variance_replicates"] = {k: (1 - v).tolist() for k, v in reps.items()}
         return out
 
+    def save_direct(self, point: Point, result: dict[str, Any], path: Path) -> None:
+        """A result JSON for a direct (Gaussian-control) evaluation, shaped like SAEBench's
+        (``eval_config``, ``eval_result_metrics``) and labelled as not a SAEBench run."""
+        per_batch = self.cfg.batch_prompts * (self.cfg.context_size - 1)
+        data = {
+            "eval_type_id": "core",
+            "eval_config": {
+                "note": "Gaussian control with the activations' mean and covariance: evaluated "
+                "directly by sae_fvu_plugin (there is no model to run SAEBench's loop on), with "
+                "the same definitions, eval-batch structure and bootstrap",
+                "model_name": self.cfg.model,
+                "hook_name": self.cfg.hook(point.layer),
+                "eval_tokens": len(self.gaussian(point.layer)["eval"]),
+                "batch_tokens": per_batch,
+                "explained_variance_bootstrap": self.cfg.bootstrap,
+                "explained_variance_seed": self.cfg.seed,
+            },
+            "eval_result_metrics": result["metrics"],
+            "sae_id": point.name,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plain(data), indent=2))
+
     def _acc_kwargs(self) -> dict[str, Any]:
         return {"bootstrap": self.cfg.bootstrap, "seed": self.cfg.seed}
 
@@ -544,6 +567,7 @@ class Experiment:
                 )
             ]
         res = self.eval_direct(sae, point)
+        self.save_direct(point, res, self.out / "results" / f"{point.name}_eval_results.json")
         n = len(self.gaussian(point.layer)["eval"])
         return [self.row(point, sae, res, massive_excluded=False, n_eval_tokens=n)]
 
