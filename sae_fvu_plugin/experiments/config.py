@@ -73,9 +73,7 @@ class SweepConfig(ExperimentConfig):
 
     ks: list[int] = _opt([16, 64, 256], "k of the plain k-means models")
     d_sae: int = _opt(512, "latents of every PCA + k-means model (n_clusters = d_sae − n_pca)")
-    n_pca: list[int] = _opt(
-        [1, 10, 50, 100, 200, 500], "PCA components of the PCA + k-means models"
-    )
+    n_pca: list[int] = _opt([1, 10, 50, 200, 500], "PCA components of the PCA + k-means models")
     massive_fraction: float = _opt(
         0.001, "share of tokens (largest norm) left out in the second evaluation"
     )

@@ -75,26 +75,42 @@ def points(cfg: FrontierConfig) -> list[Point]:
     return out
 
 
-def estimate_minutes(cfg: FrontierConfig) -> float:
-    """Rough wall time on 2 CPU cores (rates measured on SmolLM2-135M, d_sae 512): a
-    clustering fit ≈ 5 s per 16k tokens, an SAE ≈ 55 s per million training tokens, an
-    SAEBench eval ≈ 1.5 s per 1k tokens at layer 15 (forward pass to the hooked layer)
-    plus its KL / CE passes."""
-    pts = points(cfg)
+# Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a
+# fresh-clone `make demo`): the fit of one model of each method, before its evaluation.
+_FIT_SECONDS = {"residual_kmeans": 15.0, "pca_kmeans": 5.0, "klines": 4.0}
+_SAE_SECONDS_PER_TOKEN = 55e-6  # SAELens training, d_sae 512, incl. its learning-curve evals
+
+
+def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
+    """Wall time on 2 CPU cores for the points in ``todo`` (default: all), from rates
+    measured in a fresh-clone run on SmolLM2-135M:
+
+    * the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L (so
+      ≈ 280 tokens/s through all 30 layers);
+    * an SAEBench eval of a real-data model = its KL / CE batches (3 full forward passes of
+      ``recon_batches · batch_prompts · context_size`` tokens) + the variance batches to the
+      hooked layer + ≈ 2 s; a Gaussian-control model is scored directly (≈ 1 s);
+    * a fit: ``_FIT_SECONDS`` per method (2 s otherwise), scaled by fit tokens · d_sae; an
+      SAE ≈ 55 s per million training tokens, assuming it plateaus after eight
+      learning-curve segments (it stops at ``sae_max_tokens`` otherwise).
+    """
+    pts = points(cfg) if todo is None else todo
     scale = cfg.fit_tokens / 16_384 * cfg.d_sae / 512
-    n_sae = sum(p.method in SAE_FAMILIES for p in pts)
-    n_clu = len(pts) - n_sae
-    sae_tokens = min(cfg.sae_max_tokens, 10 * cfg.sae_eval_every)
-    seconds = n_clu * 3 * scale + n_sae * 12 * sae_tokens / 1e6 * cfg.d_sae / 512
-    seconds += (
-        sum(p.source == "real" for p in pts)
-        * 3
-        * cfg.eval_tokens
-        / 4096
-        * (max(cfg.layers) + 1)
-        / 16
-    )
-    seconds += cfg.fit_tokens / (200 * 30 / (max(cfg.layers) + 1))
+    sae_tokens = min(cfg.sae_max_tokens, 8 * cfg.sae_eval_every)
+    seconds = 15.0  # imports, model load, summary and plots
+    if todo is None or todo:
+        n_rows = cfg.fit_tokens + cfg.val_tokens
+        seconds += n_rows * (max(cfg.layers) + 1) / 8_500
+    recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
+    for p in pts:
+        if p.method in SAE_FAMILIES:
+            seconds += sae_tokens * _SAE_SECONDS_PER_TOKEN * cfg.d_sae / 512
+        else:
+            seconds += _FIT_SECONDS.get(p.method, 2.0) * scale
+        if p.source == "real":
+            seconds += recon + cfg.eval_tokens * (p.layer + 1) / 8_500 + 2.0
+        else:
+            seconds += 1.0
     return seconds / 60
 
 
@@ -110,13 +126,14 @@ def run(cfg: FrontierConfig, *, progress: bool = True) -> dict[str, Any]:
         flush=True,
     )
     exp = Experiment(cfg, progress=progress)
-    cached = sum(exp.is_cached(p) for p in pts)
+    todo = [p for p in pts if not exp.is_cached(p)]
+    cached = len(pts) - len(todo)
     print(
         "[frontier] "
         + (
             "everything is cached: printing the results."
             if cached == len(pts)
-            else f"estimated {estimate_minutes(cfg) * (1 - cached / len(pts)):.0f} min on 2 CPU cores "
+            else f"estimated {estimate_minutes(cfg, todo):.0f} min on 2 CPU cores "
             f"({cached} of {len(pts)} models cached)"
         )
         + f"; output in {out}/",
