@@ -327,3 +327,23 @@ def test_toy_frontier_on_the_real_model(tmp_path):
     assert set(summary["by_definition"]) == {"fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6"}
     for f in ("results.csv", "results.json", "frontier.png", "learning_curves.png"):
         assert (tmp_path / "frontier" / f).is_file(), f
+    # KL / CE off (the CPU default): saved as null with a note, not as SAEBench's -1; the
+    # variance contexts are those of a run with the KL / CE passes, so every EV is the same
+    from sae_fvu_plugin.experiments.pipeline import Experiment, Point
+
+    pt = Point.of("kmeans", 1, "real", n_clusters=16)
+    saved = json.loads(
+        (tmp_path / "frontier" / "results" / f"{pt.name}_eval_results.json").read_text()
+    )
+    assert saved["eval_result_metrics"]["model_behavior_preservation"] is None
+    assert set(saved["not_computed"]) == {
+        "model_behavior_preservation",
+        "model_performance_preservation",
+    }
+    assert by[("kmeans", '{"n_clusters": 16}')]["kl_div_score"] is None
+    exp = Experiment(cfg, progress=False)
+    with_kl = exp.eval_real(exp.fitted(pt), pt, model_metrics=True)["metrics"]
+    assert math.isfinite(with_kl["model_behavior_preservation"]["kl_div_score"])
+    ev = with_kl["reconstruction_quality"]["explained_variance_by_definition"]
+    for d in ("fvu_a", "fvu_b", "fvu_per_dim"):
+        assert ev[d] == pytest.approx(by[("kmeans", '{"n_clusters": 16}')][f"ev_{d}"], abs=1e-12)

@@ -137,6 +137,11 @@ class FrontierConfig(ExperimentConfig):
         0.005,
         "stop when held-out explained variance changed by less than this (relative) over the last fifth",
     )
+    model_metrics: bool = _opt(
+        False,
+        "also run SAEBench's KL / CE-loss passes for every real-data model (3 full forward "
+        "passes each, ≈ 9 s per model on 2 CPU cores at layer 15; on with --full)",
+    )
     gaussian_grid: str = _opt(
         "small",
         "methods fitted on the Gaussian control: 'small' (k-means, its top-1, the middle PCA + "
@@ -184,6 +189,7 @@ class FrontierConfig(ExperimentConfig):
             sae_max_tokens=200_000_000,
             sae_eval_every=2_000_000,
             gaussian_grid="all",
+            model_metrics=True,
         )
         return cls(**(base | kw))
 

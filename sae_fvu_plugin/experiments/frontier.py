@@ -87,9 +87,10 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
 
     * the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L (so
       ≈ 280 tokens/s through all 30 layers);
-    * an SAEBench eval of a real-data model = its KL / CE batches (3 full forward passes of
-      ``recon_batches · batch_prompts · context_size`` tokens) + the variance batches to the
-      hooked layer + ≈ 2 s; a Gaussian-control model is scored directly (≈ 1 s);
+    * an SAEBench eval of a real-data model = its KL / CE batches (with ``model_metrics``: 3
+      full forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
+      variance batches to the hooked layer + ≈ 2 s; a Gaussian-control model is scored
+      directly (≈ 1 s);
     * a fit: ``_FIT_SECONDS`` per method (2 s otherwise), scaled by fit tokens · d_sae; an
       SAE ≈ 55 s per million training tokens, assuming it plateaus after eight
       learning-curve segments (it stops at ``sae_max_tokens`` otherwise).
@@ -102,6 +103,7 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
         n_rows = cfg.fit_tokens + cfg.val_tokens
         seconds += n_rows * (max(cfg.layers) + 1) / 8_500
     recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
+    recon *= cfg.model_metrics
     for p in pts:
         if p.method in SAE_FAMILIES:
             seconds += sae_tokens * _SAE_SECONDS_PER_TOKEN * cfg.d_sae / 512

@@ -181,6 +181,7 @@ class Experiment:
             cfg.batch_prompts,
             cfg.recon_batches,
             cfg.bootstrap,
+            *(["no-kl-ce"] if not getattr(cfg, "model_metrics", True) else []),
         )
         self.fit_acts, self.val_acts = self._activations()
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
@@ -352,11 +353,14 @@ class Experiment:
         exclude: float | None = None,
         out_json: Path | None = None,
         reuse_groups: dict[str, Any] | None = None,
+        model_metrics: bool = True,
     ) -> dict[str, Any]:
         """SAEBench's run_evals on the held-out eval contexts (plugin enabled, every
         definition reported); with ``exclude``, tokens above that norm are left out of
         explained variance (variance contexts only, no KL / CE passes: those groups come
-        from ``reuse_groups``, the all-token run of the same SAE)."""
+        from ``reuse_groups``, the all-token run of the same SAE). ``model_metrics=False``
+        skips the KL / CE passes too; the variance contexts and every other metric are the
+        same as in a run with them."""
         from datasets import Dataset
 
         from ..saebench import core_eval_config, run_core_eval
@@ -367,7 +371,7 @@ class Experiment:
             self.split.eval_index.tolist(),
             fit_hash_now=None if prov is None else self.split.contexts_hash(prov.fit_ids),
         )
-        variance_only = exclude is not None
+        variance_only = exclude is not None or not model_metrics
         rows = self.split.eval[-self.n_var_ctx :] if variance_only else self.split.eval
         config = core_eval_config(
             compute_kl=not variance_only,
@@ -557,10 +561,16 @@ class Experiment:
         return out
 
     def default_evaluate(self, sae: Any, point: Point) -> list[dict[str, Any]]:
-        """Real data: SAEBench with every metric, result JSON saved; Gaussian: direct."""
+        """Real data: SAEBench with every metric (KL / CE only with ``model_metrics``),
+        result JSON saved; Gaussian: direct."""
         if point.source == "real":
             json_path = self.out / "results" / f"{point.name}_eval_results.json"
-            res = self.eval_real(sae, point, out_json=json_path)
+            res = self.eval_real(
+                sae,
+                point,
+                out_json=json_path,
+                model_metrics=bool(getattr(self.cfg, "model_metrics", True)),
+            )
             return [
                 self.row(
                     point, sae, res, massive_excluded=False, n_eval_tokens=self.cfg.eval_tokens

@@ -4,10 +4,13 @@ The offline helpers behind ``sae-fvu eval``, the clustering CLI and the experime
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from sae_bench.evals.core import eval_output as _out
 from sae_bench.evals.core import main as _core
 
 from .config import FVUCoreEvalConfig
@@ -109,7 +112,8 @@ def run_core_eval(
             "sae_id": sae_id,
         }
         for group, values in (reuse_groups or {}).items():
-            metrics.setdefault(group, values)  # e.g. KL / CE of a run on the same SAE and tokens
+            if not metrics.get(group):  # e.g. KL / CE of a run on the same SAE and tokens
+                metrics[group] = values
         if out_json is not None:
             if (
                 config.compute_featurewise_density_statistics
@@ -117,15 +121,36 @@ def run_core_eval(
             ):
                 metrics["misc_metrics"] = _core.calculate_misc_metrics(feature_metrics)
             Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            # SAEBench's saver needs every group: a group this config did not compute is
+            # saved as null (with a note), never as SAEBench's -1 placeholder.
+            skipped = [g for g in _SKIPPABLE if not metrics.get(g)]
+            to_save = dict(result)
+            to_save["metrics"] = metrics | {
+                g: {f.name: math.nan for f in dataclasses.fields(_SKIPPABLE[g])} for g in skipped
+            }
             _core.save_single_eval_result(
-                _core.replace_nans_with_negative_one(result),
+                _core.replace_nans_with_negative_one(to_save),
                 _core.get_eval_uuid(),
                 _core.get_sae_lens_version(),
                 _core.get_sae_bench_version(),
                 str(out_json),
                 sae,
             )
-            if extra:
+            if extra or skipped:
                 saved = json.loads(Path(out_json).read_text())
-                Path(out_json).write_text(json.dumps(saved | extra, indent=2))
+                for g in skipped:
+                    saved["eval_result_metrics"][g] = None
+                if skipped:
+                    saved["not_computed"] = {
+                        g: "compute_kl / compute_ce_loss were off in this eval config"
+                        for g in skipped
+                    }
+                Path(out_json).write_text(json.dumps(saved | (extra or {}), indent=2))
     return result
+
+
+# Metric groups a config may leave out (KL / CE passes off) and their SAEBench classes.
+_SKIPPABLE = {
+    "model_behavior_preservation": _out.ModelBehaviorPreservationMetrics,
+    "model_performance_preservation": _out.ModelPerformancePreservationMetrics,
+}
