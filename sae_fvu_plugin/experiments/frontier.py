@@ -78,7 +78,7 @@ def points(cfg: FrontierConfig) -> list[Point]:
 # Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a
 # fresh-clone `make demo`): the fit of one model of each method, before its evaluation.
 _FIT_SECONDS = {"residual_kmeans": 15.0, "pca_kmeans": 5.0, "klines": 4.0}
-_SAE_SECONDS_PER_TOKEN = 55e-6  # SAELens training, d_sae 512, incl. its learning-curve evals
+_SAE_SECONDS_PER_TOKEN = 45e-6  # SAELens training, d_sae 512, incl. its learning-curve evals
 
 
 def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
@@ -89,10 +89,10 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
       ≈ 280 tokens/s through all 30 layers);
     * an SAEBench eval of a real-data model = its KL / CE batches (with ``model_metrics``: 3
       full forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
-      variance batches to the hooked layer + ≈ 2 s; a Gaussian-control model is scored
+      variance batches to the hooked layer + ≈ 0.5 s; a Gaussian-control model is scored
       directly (≈ 1 s);
     * a fit: ``_FIT_SECONDS`` per method (2 s otherwise), scaled by fit tokens · d_sae; an
-      SAE ≈ 55 s per million training tokens, assuming it plateaus after eight
+      SAE ≈ 45 s per million training tokens, assuming it plateaus after eight
       learning-curve segments (it stops at ``sae_max_tokens`` otherwise).
     """
     pts = points(cfg) if todo is None else todo
@@ -110,7 +110,7 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
         else:
             seconds += _FIT_SECONDS.get(p.method, 2.0) * scale
         if p.source == "real":
-            seconds += recon + cfg.eval_tokens * (p.layer + 1) / 8_500 + 2.0
+            seconds += recon + cfg.eval_tokens * (p.layer + 1) / 8_500 + 0.5
         else:
             seconds += 1.0
     return seconds / 60
