@@ -56,45 +56,19 @@ def one_line_error(capsys, argv, match):
 
 
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path):
+    def fit(hook="blocks.3.hook_resid_post", n_clusters="8", *more):
+        out = str(tmp_path / "o")
+        return ["fit", "--hook", hook, "--n-clusters", n_clusters, "--out", out, *more]
+
     one_line_error(
         capsys,
-        [
-            "fit",
-            "--hook",
-            "blocks.3.hook_resid_pots",
-            "--n-clusters",
-            "8",
-            "--out",
-            str(tmp_path / "o"),
-        ],
+        fit("blocks.3.hook_resid_pots"),
         r"hook 'blocks.3.hook_resid_pots'.*Did you mean 'blocks.3.hook_resid_post'",
     )
+    one_line_error(capsys, fit(n_clusters="-4"), r"--n-clusters must be an integer ≥ 1, got -4")
     one_line_error(
         capsys,
-        [
-            "fit",
-            "--hook",
-            "blocks.3.hook_resid_post",
-            "--n-clusters",
-            "-4",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        r"--n-clusters must be an integer ≥ 1, got -4",
-    )
-    one_line_error(
-        capsys,
-        [
-            "fit",
-            "--hook",
-            "blocks.3.hook_resid_post",
-            "--n-clusters",
-            "8",
-            "--out",
-            str(tmp_path / "o"),
-            "--empty",
-            "spilt",
-        ],
+        fit("blocks.3.hook_resid_post", "8", "--empty", "spilt"),
         r"empty must be one of split, farthest; got 'spilt'. Did you mean 'split'",
     )
     one_line_error(capsys, ["eval", str(tmp_path / "missing")], r"is not a folder")

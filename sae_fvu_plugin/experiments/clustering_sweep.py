@@ -103,20 +103,7 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> dict[str, Any]:
     def evaluate(sae: Any, point: Point) -> list[dict[str, Any]]:
         base = {"n_clusters": point.p["n_clusters"], "n_pca": point.p.get("n_pca", 0)}
         if point.source != "real":
-            res = exp.eval_direct(sae, point)
-            exp.save_direct(point, res, exp.out / "results" / f"{point.name}_eval_results.json")
-            n = len(exp.gaussian(point.layer)["eval"])
-            return [
-                exp.row(
-                    point,
-                    sae,
-                    res,
-                    massive_excluded=False,
-                    exclude_norm_above=None,
-                    n_eval_tokens=n,
-                    **base,
-                )
-            ]
+            return exp.direct_rows(sae, point, exclude_norm_above=None, **base)
         rows = []
         threshold = massive[point.layer]["threshold"]
         groups: dict[str, Any] = {}

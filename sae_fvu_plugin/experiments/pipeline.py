@@ -153,6 +153,8 @@ class Experiment:
         self.model = load_model(cfg.model, device=self.device, n_ctx=max(cfg.context_size, 128))
         ctx = cfg.context_size
         self.val_tokens = int(getattr(cfg, "val_tokens", 0))
+        # SAEBench's KL / CE passes: a frontier option (off on CPU), always on in the sweep
+        self.model_metrics = bool(getattr(cfg, "model_metrics", True))
         self.n_fit_ctx = -(-cfg.fit_tokens // (ctx - 1))
         self.n_val_ctx = -(-self.val_tokens // (ctx - 1)) if self.val_tokens else 0
         # SAEBench draws its KL/CE batches first and the variance batches after them (its
@@ -181,7 +183,7 @@ class Experiment:
             cfg.batch_prompts,
             cfg.recon_batches,
             cfg.bootstrap,
-            *(["no-kl-ce"] if not getattr(cfg, "model_metrics", True) else []),
+            *([] if self.model_metrics else ["no-kl-ce"]),
         )
         self.fit_acts, self.val_acts = self._activations()
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
@@ -565,21 +567,20 @@ class Experiment:
         result JSON saved; Gaussian: direct."""
         if point.source == "real":
             json_path = self.out / "results" / f"{point.name}_eval_results.json"
-            res = self.eval_real(
-                sae,
-                point,
-                out_json=json_path,
-                model_metrics=bool(getattr(self.cfg, "model_metrics", True)),
-            )
+            res = self.eval_real(sae, point, out_json=json_path, model_metrics=self.model_metrics)
             return [
                 self.row(
                     point, sae, res, massive_excluded=False, n_eval_tokens=self.cfg.eval_tokens
                 )
             ]
+        return self.direct_rows(sae, point)
+
+    def direct_rows(self, sae: Any, point: Point, **extra: Any) -> list[dict[str, Any]]:
+        """A Gaussian-control point: evaluated directly, its result JSON saved, one row."""
         res = self.eval_direct(sae, point)
         self.save_direct(point, res, self.out / "results" / f"{point.name}_eval_results.json")
         n = len(self.gaussian(point.layer)["eval"])
-        return [self.row(point, sae, res, massive_excluded=False, n_eval_tokens=n)]
+        return [self.row(point, sae, res, massive_excluded=False, n_eval_tokens=n, **extra)]
 
 
 def draw_with_intervals(
