@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -313,3 +314,18 @@ def percentile_interval(values: torch.Tensor, level: float) -> tuple[float, floa
     lo = float(torch.quantile(v, (1 - level) / 2))
     hi = float(torch.quantile(v, (1 + level) / 2))
     return lo, hi
+
+
+def paired_interval(estimate: float, a: Any, b: Any, level: float = 0.95) -> tuple[float, float]:
+    """Interval of a difference of two estimates computed on the same units with the same
+    bootstrap weights: estimate ± z_{(1+level)/2} · sd of the replicate-wise differences
+    a_b − b_b (finite ones; NaN with fewer than two). ``a``, ``b``: the two (B,) replicate
+    sequences. The one paired interval of the package: :meth:`FVUAccumulator.compare`,
+    ``sae-fvu compare`` and the experiments' summaries call it."""
+    ta = torch.as_tensor(a, dtype=torch.float64)
+    tb = torch.as_tensor(b, dtype=torch.float64)
+    if ta.shape != tb.shape:
+        raise ValueError(
+            f"paired replicates must have the same length, got {ta.numel()} and {tb.numel()}."
+        )
+    return normal_interval(estimate, ta - tb, level)

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-SMOLLM2 = "smollm2-135m"
-AUSTEN = "austen"
+from .hooks import OFFLINE_DATASET, OFFLINE_MODEL
+
+SMOLLM2 = OFFLINE_MODEL
+AUSTEN = OFFLINE_DATASET
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_VERSION = 1
 AUSTEN_NOVELS = (
@@ -274,7 +276,7 @@ class TextSplit:
 
     def contexts_hash(self, ids: Iterable[int]) -> str | None:
         """sha256 of the token ids of the given contexts (None if one is out of range)."""
-        from .clustering.provenance import corpus_hash
+        from .provenance import corpus_hash
 
         ids = sorted(set(int(i) for i in ids))
         if self.corpus is None or (ids and ids[-1] >= len(self.corpus)):

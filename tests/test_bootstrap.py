@@ -224,7 +224,7 @@ def test_saebench_intervals_and_paired_compare_cli(tmp_path, capsys):
     from tiny import CTX, SPECIAL, make_store, standard_sae, tiny_dataset, tiny_model
 
     from sae_fvu_plugin import saebench as fsb
-    from sae_fvu_plugin.compare import main as compare_main
+    from sae_fvu_plugin.cli import run as sae_fvu
 
     model, ds = tiny_model(offset=2.0, seed=3), tiny_dataset(seed=3)
     cfg = fsb.core_eval_config(
@@ -256,7 +256,7 @@ def test_saebench_intervals_and_paired_compare_cli(tmp_path, capsys):
     srq = saved["eval_result_metrics"]["reconstruction_quality"]
     assert saved["eval_config"]["explained_variance_bootstrap"] == 50
     assert srq["explained_variance_ci_level"] == 0.95 and srq["explained_variance_bootstrap"] == 50
-    out = compare_main(paths)
+    out = sae_fvu(["compare", *paths])
     assert set(out) == {"fvu_a", "fvu_b", "fvu_per_dim"}
     lo, hi, est = out["fvu_a"]
     a = srq["explained_variance_by_definition"]["fvu_a"]
@@ -283,7 +283,7 @@ def test_saebench_intervals_and_paired_compare_cli(tmp_path, capsys):
         out_json=tmp_path / "2.json",
     )
     with pytest.raises(SystemExit) as err:
-        compare_main([paths[0], str(tmp_path / "2.json")])
+        sae_fvu(["compare", paths[0], str(tmp_path / "2.json")])
     assert err.value.code == 2
     assert "not paired" in capsys.readouterr().err
     del core, make_store

@@ -143,14 +143,24 @@ def doc_commands():
                         yield doc, line
 
 
+def subcommand_flags(name: str) -> set[str]:
+    subs = next(a for a in build_parser()._actions if a.dest == "command").choices
+    return {s for action in subs[name]._actions for s in action.option_strings}
+
+
 @pytest.mark.parametrize("doc, line", list(doc_commands()))
 def test_documented_commands_parse(doc, line):
     args = shlex.split(line)
     if args[0] == "torchrun":
-        args = args[args.index("sae_fvu_plugin.clustering") + 1 :]
-    else:
-        args = args[1:]
-    if args[-1] == "...":
+        args = args[args.index("-m") + 1 :]
+        assert args[0] == "sae_fvu_plugin", (doc, line)
+    args = args[1:]
+    if args[-1] == "...":  # a partial command: its subcommand and every flag it names exist
+        flags = subcommand_flags(args[0])
+        unknown = [
+            a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in flags
+        ]
+        assert not unknown, (doc, line, unknown)
         return
     if "--help" in args:
         with pytest.raises(SystemExit) as err:

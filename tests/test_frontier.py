@@ -21,7 +21,7 @@ from sae_fvu_plugin.clustering.codebook_saes import (
 )
 from sae_fvu_plugin.clustering.klines import fit_klines
 from sae_fvu_plugin.experiments.config import FrontierConfig
-from sae_fvu_plugin.experiments.frontier import l0_to_match, summarize
+from sae_fvu_plugin.experiments.frontier_summary import l0_to_match, summarize
 from sae_fvu_plugin.experiments.methods.saes import plateaued
 
 META = dict(
@@ -123,7 +123,7 @@ def test_matching_pursuit_over_the_codebook(lm):
 @pytest.mark.parametrize("kind, k", [("topk", 4), ("batchtopk", 2), ("standard", None)])
 def test_saelens_trained_saes_through_saebench(lm, kind, k):
     from sae_fvu_plugin.experiments.methods.saes import train
-    from sae_fvu_plugin.experiments.pipeline import FitInput, Point
+    from sae_fvu_plugin.experiments.points import FitInput, Point
 
     model, ds, acts, _ = lm
     cfg = FrontierConfig(
@@ -145,7 +145,7 @@ def test_saelens_trained_saes_through_saebench(lm, kind, k):
         provenance=None,
         metadata=META,
         device="cpu",
-        require=lambda p: None,
+        fitted=lambda p: None,
         progress=False,
     )
     sae = train(kind, inp)

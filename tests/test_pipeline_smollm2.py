@@ -13,7 +13,9 @@ import torch
 from sae_fvu_plugin.cli import run as clustering_cli
 from sae_fvu_plugin.clustering import load_clustering_sae
 from sae_fvu_plugin.data import AUSTEN_NOVELS, load_austen, load_model, split_contexts
-from sae_fvu_plugin.experiments.clustering_sweep import SweepConfig, run
+from sae_fvu_plugin.experiments.config import SweepConfig
+from sae_fvu_plugin.experiments.runner import run_experiment
+from sae_fvu_plugin.experiments.sweep import SWEEP
 from sae_fvu_plugin.experiments.config import FrontierConfig
 
 TOY = dict(
@@ -38,7 +40,7 @@ def model():
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, model):
     cfg = SweepConfig(out=str(tmp_path_factory.mktemp("sweep")), **TOY)
-    return cfg, run(cfg, progress=False)
+    return cfg, run_experiment(SWEEP, cfg, progress=False)
 
 
 def test_austen_and_model_are_real(model):
@@ -173,7 +175,7 @@ def test_rerun_reuses_everything(sweep):
 
     cfg, summary = sweep
     t = time.time()
-    again = run(cfg, progress=False)
+    again = run_experiment(SWEEP, cfg, progress=False)
     assert time.time() - t < 30
     assert again["rows"] == summary["rows"]
 
@@ -252,7 +254,7 @@ def test_eval_refuses_overlap_unless_allowed(tmp_path, model, capsys):
     ids = sorted(
         {i for a, b in prov["fit_contexts"] for i in range(a, b)} | set(split.eval_index.tolist())
     )
-    from sae_fvu_plugin.clustering.provenance import to_ranges
+    from sae_fvu_plugin.provenance import to_ranges
 
     prov["fit_contexts"] = to_ranges(ids)
     prov["fit_contexts_sha256"] = split.contexts_hash(ids)
@@ -270,7 +272,7 @@ def test_eval_refuses_overlap_unless_allowed(tmp_path, model, capsys):
 
 
 def test_toy_frontier_on_the_real_model(tmp_path):
-    from sae_fvu_plugin.experiments.frontier import run as run_frontier
+    from sae_fvu_plugin.experiments.frontier import FRONTIER
 
     cfg = FrontierConfig(
         layers=[1],
@@ -293,7 +295,7 @@ def test_toy_frontier_on_the_real_model(tmp_path):
         bootstrap=20,
         out=str(tmp_path / "frontier"),
     )
-    result = run_frontier(cfg, progress=False)
+    result = run_experiment(FRONTIER, cfg, progress=False)
     rows = result["rows"]
     real = [r for r in rows if r["source"] == "real"]
     methods = {r["method"] for r in real}
@@ -329,7 +331,8 @@ def test_toy_frontier_on_the_real_model(tmp_path):
         assert (tmp_path / "frontier" / f).is_file(), f
     # KL / CE off (the CPU default): saved as null with a note, not as SAEBench's -1; the
     # variance contexts are those of a run with the KL / CE passes, so every EV is the same
-    from sae_fvu_plugin.experiments.pipeline import Experiment, Point
+    from sae_fvu_plugin.experiments.points import Point
+    from sae_fvu_plugin.experiments.runner import Experiment
 
     pt = Point.of("kmeans", 1, "real", n_clusters=16)
     saved = json.loads(
@@ -342,7 +345,7 @@ def test_toy_frontier_on_the_real_model(tmp_path):
     }
     assert by[("kmeans", '{"n_clusters": 16}')]["kl_div_score"] is None
     exp = Experiment(cfg, progress=False)
-    with_kl = exp.eval_real(exp.fitted(pt), pt, model_metrics=True)["metrics"]
+    with_kl = exp.evaluator.real(exp.fitted(pt), pt, model_metrics=True)["metrics"]
     assert math.isfinite(with_kl["model_behavior_preservation"]["kl_div_score"])
     ev = with_kl["reconstruction_quality"]["explained_variance_by_definition"]
     for d in ("fvu_a", "fvu_b", "fvu_per_dim"):

@@ -4,17 +4,21 @@ SAEBench's unmodified core eval scores like any SAE.
 Importing this package registers the SAELens architectures ``kmeans``, ``pca_kmeans`` and
 ``residual_kmeans``, so ``sae_lens.SAE.load_from_disk`` loads a saved one.
 
-Modules: ``options`` (what a fit can be told), ``source`` (activations and their exact
-statistics), ``seeding`` (greedy k-means++, k-means||), ``lloyd`` (the iterations),
-``reduce`` (one process or torch.distributed), ``checkpoint``, ``provenance`` (held-out
-evaluation), ``pipeline`` (stages → codebook), ``sae`` (codebook → SAE), ``api`` (the fit
-functions), ``activations`` (collecting them from a model).
+Modules: ``source`` (activations and their exact statistics), ``seeding`` (greedy
+k-means++, k-means||), ``lloyd`` (the iterations), ``empty`` (refilling empty clusters),
+``reduce`` (one process or torch.distributed), ``checkpoint``, ``codebook_fit`` (stages →
+codebook), ``sae`` (codebook → SAE), ``fit`` (the public fit functions), ``klines``,
+``codebook_saes`` (top-1 and matching pursuit over a codebook), ``activations``
+(collecting them from a model). What a fit can be told is
+:class:`~sae_fvu_plugin.kmeans_options.KMeansOptions` (re-exported here; it lives outside
+this package so the command line can build its flags without importing SAELens); where the
+tokens came from is :class:`~sae_fvu_plugin.provenance.Provenance`.
 """
 
-from ..options import KMeansOptions
+from ..kmeans_options import KMeansOptions
+from ..provenance import OverlapError, Provenance
 from .activations import collect_activations
-from .api import fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
-from .provenance import OverlapError, Provenance
+from .fit import fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
 from .sae import (
     ClusteringSAE,
     ClusteringSAEConfig,

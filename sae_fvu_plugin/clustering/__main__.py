@@ -1,9 +1,11 @@
-"""``python -m sae_fvu_plugin.clustering fit|eval ...`` = ``sae-fvu fit|eval ...``
-(and the module torchrun starts: ``torchrun --nproc_per_node N -m sae_fvu_plugin.clustering fit ...``)."""
+"""Deprecated entry point: ``python -m sae_fvu_plugin.clustering`` moved to
+``python -m sae_fvu_plugin`` (the ``sae-fvu`` command)."""
 
-from __future__ import annotations
-
-from ..cli import main
+import sys
 
 if __name__ == "__main__":
-    main()
+    args = " ".join(sys.argv[1:])
+    sys.exit(
+        "error: `python -m sae_fvu_plugin.clustering` was replaced by `python -m sae_fvu_plugin` "
+        f"(the same as `sae-fvu`); run: python -m sae_fvu_plugin {args}".rstrip()
+    )

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from ..options import KMeansOptions, check_int
-from .provenance import Provenance
+from ..kmeans_options import KMeansOptions
+from ..provenance import Provenance
+from ..validate import check_int
 from .reduce import current_reducer
 from .seeding import _generator, greedy_kmeans_pp, uniform_sample
 from .source import ActivationSource, data_stats, sub_rows
@@ -62,7 +63,7 @@ def fit_klines(
     from sae_lens import AbsTopKSAE, AbsTopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from .api import base_metadata
+    from .fit import base_metadata
 
     opts = KMeansOptions.build(options, "fit_klines", **kwargs)
     k = check_int("n_lines", n_lines, 1)

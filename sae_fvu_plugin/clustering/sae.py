@@ -21,9 +21,6 @@ A centroid equal to the mean (c̃ = 0) has a zero latent and an arbitrary unit d
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,8 @@ from sae_lens import SAE, SAEConfig
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 from sae_lens.saes.sae import SAEMetadata
 from torch import nn
+
+from ..sae_io import load_saved_sae, save_sae
 
 
 @dataclass
@@ -186,26 +185,11 @@ class ClusteringSAE(SAE[ClusteringSAEConfig]):
         return self.reshape_fn_out(out, self.d_head)
 
     def save_model(self, path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
-        """SAELens's format (``cfg.json`` + ``sae_weights.safetensors``), written to a
-        temporary folder and moved into place. An existing saved SAE at ``path`` is
-        refused unless ``overwrite=True``."""
-        path = Path(path)
-        if (path / "cfg.json").exists() and not overwrite:
-            raise FileExistsError(
-                f"{path} already holds a saved SAE; pass overwrite=True (--overwrite) to "
-                "replace it, or choose another folder."
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-        try:
-            super().save_model(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return path / "sae_weights.safetensors", path / "cfg.json"
+        """SAELens's format (``cfg.json`` + ``sae_weights.safetensors``) through
+        :func:`sae_fvu_plugin.sae_io.save_sae`: a non-empty folder that holds no saved SAE
+        is refused, and ``overwrite=True`` replaces only the SAE's own files."""
+        folder = save_sae(self, path, overwrite=overwrite)
+        return folder / "sae_weights.safetensors", folder / "cfg.json"
 
     @classmethod
     def from_centroids(
@@ -304,29 +288,10 @@ def register() -> None:
 def load_clustering_sae(
     path: str | Path, *, device: str = "cpu", expected_d_in: int | None = None
 ) -> ClusteringSAE:
-    """``SAE.load_from_disk`` with clear errors for missing, corrupt or mismatched files."""
+    """A saved clustering SAE (:func:`sae_fvu_plugin.sae_io.load_saved_sae` with the
+    clustering architectures registered); another architecture is a ``TypeError``."""
     register()
-    path = Path(path)
-    cfg_path, weights = path / "cfg.json", path / "sae_weights.safetensors"
-    for f in (cfg_path, weights):
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"{f} is missing: {path} is not a saved SAE (expected cfg.json and "
-                "sae_weights.safetensors, as written by sae.save_model(path))."
-            )
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except Exception as err:
-        raise ValueError(
-            f"Could not load the SAE at {path}: {type(err).__name__}: {err}. The files look "
-            "corrupt or truncated; re-fit or restore them."
-        ) from err
+    sae = load_saved_sae(path, device=device, expected_d_in=expected_d_in, standardize=False)
     if not isinstance(sae, ClusteringSAE):
         raise TypeError(f"{path} holds a {type(sae).__name__}, not a clustering SAE.")
-    if expected_d_in is not None and sae.cfg.d_in != expected_d_in:
-        raise ValueError(
-            f"The SAE at {path} has d_in={sae.cfg.d_in} but the hook "
-            f"{sae.cfg.metadata.hook_name!r} has width {expected_d_in}; it was fitted on "
-            "another model or hook. Evaluate it on the hook it was fitted on."
-        )
     return sae

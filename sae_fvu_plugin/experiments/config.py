@@ -6,10 +6,12 @@ fields. Light on purpose (no torch), so ``--help`` answers at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..options import OFFLINE_DATASET, OFFLINE_MODEL, KMeansOptions, check_float, check_int
+from ..hooks import OFFLINE_DATASET, OFFLINE_MODEL
+from ..kmeans_options import KMeansOptions
+from ..validate import check_float, check_int
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -40,13 +42,17 @@ class ExperimentConfig:
     )
     out: str = _opt("out/experiment", "output folder (reruns reuse what it holds)")
     device: str | None = _opt(None, "where models run (default: CUDA when available)")
+    val_tokens: int = _opt(0, "held-out validation tokens (SAE learning curves)", cli=False)
+    model_metrics: bool = _opt(
+        True, "also run SAEBench's KL / CE-loss passes for every real-data model"
+    )
 
     def __post_init__(self) -> None:
         for name in ("context_size", "fit_tokens", "eval_batches", "batch_prompts", "n_iter"):
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
             )
-        for name in ("recon_batches", "seed", "bootstrap"):
+        for name in ("recon_batches", "seed", "bootstrap", "val_tokens"):
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
             )
@@ -151,7 +157,7 @@ class FrontierConfig(ExperimentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("d_sae", "val_tokens", "sae_batch_tokens", "sae_max_tokens", "sae_eval_every"):
+        for name in ("d_sae", "sae_batch_tokens", "sae_max_tokens", "sae_eval_every"):
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
             )
@@ -192,30 +198,3 @@ class FrontierConfig(ExperimentConfig):
             model_metrics=True,
         )
         return cls(**(base | kw))
-
-
-def config_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
-def add_arguments(parser: Any, cls: type) -> None:
-    """The flags of an experiment config (generated from its fields) plus ``--full``."""
-    from .. import _cli
-
-    _cli.add_options(parser, cls)
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="the original experiment's scale (1M fit tokens; meant for a GPU); other flags override it",
-    )
-
-
-def config_from_args(args: Any, cls: type) -> Any:
-    """The config the parsed flags describe (``--full``: its scale, flags given on top)."""
-    from .. import _cli
-
-    given = _cli.collect(args, cls)
-    if getattr(args, "full", False):
-        defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
-        return cls.full(**{k: v for k, v in given.items() if v != defaults[k]})  # type: ignore[attr-defined]
-    return cls(**given)

@@ -1,51 +1,9 @@
-"""The method registry: a method is a name, a family, a fit function, its L0 and d_sae.
+"""The built-in methods of the experiments, one plug-in module per kind: ``clustering``
+(k-means, PCA + k-means, residual k-means, the k-means codebook as top-1 and matching
+pursuit SAEs, k-lines) and ``saes`` (SAEs trained by SAELens). Each registers itself with
+:mod:`sae_fvu_plugin.experiments.registry` on import; importing this package imports both.
+A new method is one more module here (listed below) that calls ``register``."""
 
-Adding a method to the experiments is one small module that calls :func:`register`:
+from . import clustering, saes
 
-    register(Method(name="my_method", family="clustering", fit=my_fit,
-                    l0=lambda p: 1, d_sae=lambda p: p["n_clusters"],
-                    label=lambda p: f"k{p['n_clusters']}"))
-
-``fit(inp: FitInput) -> SAE`` gets this point's parameters, the fit activations (and
-held-out validation activations), the shared k-means options and the provenance, and
-returns any SAELens SAE whose ``cfg.metadata`` records ``tokens_seen`` and ``passes``.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-METHODS: dict[str, Method] = {}
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    family: str  # "clustering" or "sae"
-    fit: Callable[[Any], Any]
-    l0: Callable[[dict[str, Any]], float | None]  # nominal L0 (None: measured only)
-    d_sae: Callable[[dict[str, Any]], int]
-    label: Callable[[dict[str, Any]], str]
-    description: str = ""
-    config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
-
-
-def register(method: Method) -> Method:
-    if method.name in METHODS and METHODS[method.name] != method:
-        raise ValueError(f"method {method.name!r} is already registered.")
-    METHODS[method.name] = method
-    return method
-
-
-def get(name: str) -> Method:
-    load_builtin()
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}.") from None
-
-
-def load_builtin() -> None:
-    from . import clustering, saes  # noqa: F401  (register on import)
+__all__ = ["clustering", "saes"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Method, register
+from ..points import FitInput
+from ..registry import Method, register
 
 
 def _fitted(fn_name: str, *param_names: str) -> Any:
@@ -14,7 +15,7 @@ def _fitted(fn_name: str, *param_names: str) -> Any:
     parameters (in order), the shared options and the provenance (or, for the Gaussian
     control, which has none, the base metadata)."""
 
-    def fit(inp: Any) -> Any:
+    def fit(inp: FitInput) -> Any:
         from ... import clustering
 
         return getattr(clustering, fn_name)(
@@ -33,15 +34,12 @@ _pca_kmeans = _fitted("fit_pca_kmeans", "n_clusters", "n_pca")
 _residual = _fitted("fit_residual_kmeans", "n_clusters", "n_stages")
 
 
-def _codebook(inp: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _codebook(inp: FitInput) -> tuple[Any, Any, dict[str, Any]]:
     """The k-means point with the same d_sae (fitted once, shared), its codebook and
     the fit cost it carries (tokens seen, passes)."""
     from ...clustering.codebook_saes import codebook_of
-    from ..pipeline import Point
 
-    km = inp.require(
-        Point.of("kmeans", inp.point.layer, inp.point.source, n_clusters=inp.params["n_clusters"])
-    )
+    km = inp.fitted(inp.point.sibling("kmeans", n_clusters=inp.params["n_clusters"]))
     mean, dirs = codebook_of(km)
     meta = dict(inp.metadata)
     for key in ("tokens_seen", "passes", "n_tokens", "provenance"):
@@ -50,21 +48,21 @@ def _codebook(inp: Any) -> tuple[Any, Any, dict[str, Any]]:
     return mean, dirs, meta
 
 
-def _top1(inp: Any) -> Any:
+def _top1(inp: FitInput) -> Any:
     from ...clustering.codebook_saes import topk_from_codebook
 
     mean, dirs, meta = _codebook(inp)
     return topk_from_codebook(mean, dirs, meta, k=1)
 
 
-def _mp(inp: Any) -> Any:
+def _mp(inp: FitInput) -> Any:
     from ...clustering.codebook_saes import matching_pursuit_from_codebook
 
     mean, dirs, meta = _codebook(inp)
     return matching_pursuit_from_codebook(mean, dirs, inp.params["steps"], meta)
 
 
-def _klines(inp: Any) -> Any:
+def _klines(inp: FitInput) -> Any:
     from ...clustering.klines import fit_klines
 
     mean, dirs, meta = _codebook(inp)

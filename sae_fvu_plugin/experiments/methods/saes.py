@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from . import Method, register
+from ..points import FitInput
+from ..registry import Method, register
 
 _TRAIN_FIELDS = (
     "seed",
@@ -64,7 +65,7 @@ def _explained(sae: Any, x: torch.Tensor) -> tuple[float, torch.Tensor]:
     return explained_variance(x, recon, "fvu_a"), (feats != 0).float().mean(0)
 
 
-def train(kind: str, inp: Any) -> Any:
+def train(kind: str, inp: FitInput) -> Any:
     """Train one SAE of ``kind`` with SAELens's trainer; return its inference SAE."""
     from sae_lens import SAE as InferenceSAE
     from sae_lens import (

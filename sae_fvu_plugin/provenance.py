@@ -14,9 +14,10 @@ import hashlib
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..options import check_int
+from .validate import UsageError, check_int
 
 
 def to_ranges(ids: Iterable[int]) -> list[list[int]]:
@@ -92,12 +93,43 @@ class Provenance:
         return cls(**values)
 
     @classmethod
+    def of_split(
+        cls,
+        split: Any,
+        fit_ids: list[int],
+        *,
+        model_name: str,
+        hook_name: str,
+        dataset: str,
+        context_size: int,
+        tokenizer: Any,
+        split_seed: int,
+        fit_tokens: int,
+    ) -> Provenance:
+        """The provenance of a fit on contexts ``fit_ids`` of a
+        :class:`~sae_fvu_plugin.data.TextSplit` (BOS prepended, first position dropped)."""
+        return cls(
+            model_name=model_name,
+            hook_name=hook_name,
+            dataset=dataset,
+            context_size=context_size,
+            tokenizer=f"{Path(str(getattr(tokenizer, 'name_or_path', 'unknown'))).name}:{len(tokenizer)}",
+            prepend_bos=True,
+            drop_first_position=True,
+            split_seed=split_seed,
+            corpus_contexts=split.corpus_contexts,
+            fit_contexts=to_ranges(fit_ids),
+            fit_contexts_sha256=split.contexts_hash(fit_ids),
+            fit_tokens=fit_tokens,
+        )
+
+    @classmethod
     def from_metadata(cls, metadata: Any) -> Provenance | None:
         raw = metadata.get("provenance") if metadata is not None else None
         return None if raw is None else cls.from_dict(raw)
 
 
-class OverlapError(ValueError):
+class OverlapError(UsageError):
     """Evaluation would score an SAE on tokens it was fitted on."""
 
 

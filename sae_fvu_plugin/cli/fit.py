@@ -1,10 +1,10 @@
 """``sae-fvu fit``: fit a clustering SAE on a model's activations.
 
     sae-fvu fit --hook blocks.3.hook_resid_post --tokens 20000 --n-clusters 512 --out out/km512
-    torchrun --nproc_per_node 2 -m sae_fvu_plugin.clustering fit ...   # one fit, 2 processes
+    torchrun --nproc_per_node 2 -m sae_fvu_plugin fit ...   # one fit, 2 processes
 
 Defaults are the offline ones (SmolLM2-135M, Jane Austen). ``fit`` records where its tokens
-came from (the exact fit contexts), so ``sae-fvu eval`` (:mod:`sae_fvu_plugin.evaluate`)
+came from (the exact fit contexts), so ``sae-fvu eval`` (:mod:`sae_fvu_plugin.cli.eval`)
 scores only contexts disjoint from them.
 """
 
@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._cli import UsageError
-from ..options import FitCommand, KMeansOptions, check_hook
+from ..kmeans_options import KMeansOptions
+from .commands import FitCommand
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -34,32 +34,17 @@ def _init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def model_hook_width(model: Any, hook: str) -> int:
-    """Width of the activations at ``hook`` (as SAEBench flattens hook_z / q / k / v);
-    an unknown hook is a ``UsageError`` naming the closest valid ones."""
-    import torch
-
-    try:
-        check_hook(hook, valid=sorted(model.hook_dict))
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    tokens = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=[hook], prepend_bos=False)
-    act = cache[hook]
-    return int(act.shape[-1] * (act.shape[-2] if act.ndim == 4 else 1))
-
-
 def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
     """Collect activations on fit contexts (this rank's share under torchrun), fit, save."""
-    out = Path(cmd.out)
-    if (out / "cfg.json").exists() and not cmd.overwrite:
-        raise UsageError(f"{out} already holds a saved SAE; pass --overwrite to replace it.")
+    from ..sae_io import check_save_target
+
+    out = check_save_target(cmd.out, overwrite=cmd.overwrite)
     import torch
 
+    from ..clustering import collect_activations, fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
     from ..data import load_model, split_contexts
-    from .activations import collect_activations
-    from .api import fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
-    from .provenance import Provenance, to_ranges
+    from ..hooks import model_hook_width
+    from ..provenance import Provenance
 
     rank, world = _init_distributed()
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,19 +72,15 @@ def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
         device=device,
         progress=options.progress and rank == 0,
     )
-    tok = model.tokenizer
-    provenance = Provenance(
+    provenance = Provenance.of_split(
+        split,
+        split.fit_index.tolist(),
         model_name=cmd.model,
         hook_name=cmd.hook,
         dataset=cmd.dataset,
         context_size=cmd.context_size,
-        tokenizer=f"{Path(str(getattr(tok, 'name_or_path', 'unknown'))).name}:{len(tok)}",
-        prepend_bos=True,
-        drop_first_position=True,
+        tokenizer=model.tokenizer,
         split_seed=cmd.split_seed,
-        corpus_contexts=split.corpus_contexts,
-        fit_contexts=to_ranges(split.fit_index.tolist()),
-        fit_contexts_sha256=split.contexts_hash(split.fit_index.tolist()),
         fit_tokens=n_fit * (cmd.context_size - 1),
     )
     if options.checkpoint is None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from typing import Any
 
-from . import _cli
-from .experiments.config import FrontierConfig, SweepConfig
-from .experiments.config import add_arguments as add_experiment_arguments
-from .experiments.config import config_from_args as experiment_config
-from .options import EvalCommand, FitCommand, KMeansOptions
+from ..experiments.config import FrontierConfig, SweepConfig
+from ..kmeans_options import KMeansOptions
+from . import flags as _cli
+from .commands import EvalCommand, FitCommand
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=EvalCommand.__doc__,
     )
     _cli.add_options(e, EvalCommand)
-    from .definitions import DEFINITIONS  # pydantic only: --help stays fast
+    from ..definitions import DEFINITIONS  # pydantic only: --help stays fast
 
     for action in e._actions:
         if action.dest in ("definition", "report"):
@@ -98,25 +98,38 @@ def _main(argv: list[str] | None) -> Any:
 
     warnings.filterwarnings("ignore", category=UserWarning, module="sae_lens")
     if args.command == "fit":
-        from .clustering.cli import fit_command
+        from .fit import fit_command
 
         return fit_command(cmd, options)
     if args.command == "compare":
-        from .compare import main as compare_main
+        from .compare import compare_command
 
-        return compare_main(args.results)
-    if args.command == "sweep":
-        from .experiments.clustering_sweep import run as run_sweep
+        return compare_command(args.results)
+    if args.command in ("sweep", "frontier"):
+        from ..experiments.runner import run_experiment
+        from ..experiments.specs import SPECS
 
-        return run_sweep(cmd)
-    if args.command == "frontier":
-        from .experiments.frontier import run as run_frontier
-
-        return run_frontier(cmd)
-    from .evaluate import eval_command
+        return run_experiment(SPECS[args.command], cmd)
+    from .eval import eval_command
 
     return eval_command(cmd)
 
 
-if __name__ == "__main__":
-    main()
+def add_experiment_arguments(parser: Any, cls: type) -> None:
+    """The flags of an experiment config (generated from its fields) plus ``--full``."""
+    _cli.add_options(parser, cls)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the original experiment's scale (1M fit tokens; meant for a GPU); other flags "
+        "override it",
+    )
+
+
+def experiment_config(args: Any, cls: type) -> Any:
+    """The config the parsed flags describe (``--full``: its scale, flags given on top)."""
+    given = _cli.collect(args, cls)
+    if getattr(args, "full", False):
+        defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+        return cls.full(**{k: v for k, v in given.items() if v != defaults[k]})  # type: ignore[attr-defined]
+    return cls(**given)

@@ -3,7 +3,7 @@
 Every function takes the activations (a tensor (..., d), a list of batches, or a function
 returning a fresh iterator of batches — this rank's shard when a ``torch.distributed``
 process group is initialised), the shape of the model, and the options of
-:class:`~sae_fvu_plugin.clustering.options.KMeansOptions` as keywords (or
+:class:`~sae_fvu_plugin.kmeans_options.KMeansOptions` as keywords (or
 ``options=KMeansOptions(...)``). An unknown keyword is a ``TypeError``. Your own metadata
 goes in ``metadata={...}``; where the activations came from goes in
 ``provenance=Provenance(...)`` (what held-out evaluation checks).
@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..options import KMeansOptions, check_int
-from .pipeline import Codebook, fit_codebook
-from .provenance import Provenance
+from ..kmeans_options import KMeansOptions
+from ..provenance import Provenance
+from ..validate import check_int
+from .codebook_fit import Codebook, fit_codebook
 from .sae import ClusteringSAE
 
 __all__ = ["fit_kmeans", "fit_pca_kmeans", "fit_residual_kmeans"]

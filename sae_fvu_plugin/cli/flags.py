@@ -12,9 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-
-class UsageError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
+from ..validate import UsageError
 
 
 class Parser(argparse.ArgumentParser):

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..options import KMeansOptions, _is_tensor
+from ..kmeans_options import KMeansOptions
+from ..validate import is_tensor
 from .checkpoint import Checkpoint, state_payload
 from .lloyd import Assigner, LloydResult, LloydState, lloyd
 from .reduce import LocalReducer, agree, current_reducer
@@ -175,7 +176,7 @@ def fit_codebook(
         raise ValueError(f"n_pca={n_pca} must be below the width d={d}.")
     compute_dtype = torch.float64 if stats.dtype == torch.float64 else torch.float32
     init = options.init
-    if _is_tensor(init):
+    if is_tensor(init):
         if len(stages) != 1:
             raise ValueError("init as a tensor is for single-stage fits; use a seeding method.")
         if tuple(init.shape) != (stages[0], d):
@@ -446,7 +447,7 @@ def _seed(
     """Initial centroids of one run (the same on every rank: computed from gathered
     samples with the same generator, then broadcast from rank 0)."""
     seed = options.seed + run + 7919 * stage
-    if _is_tensor(init):
+    if is_tensor(init):
         out = data.transform(init.to(torch.float64)).to(torch.float64)
     elif init == "k-means||":
         out = kmeans_parallel(

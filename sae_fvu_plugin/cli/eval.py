@@ -1,0 +1,142 @@
+"""``sae-fvu eval``: SAEBench's core eval of a saved SAE (a local SAELens folder — any
+architecture, clustering SAEs included — or a SAELens registry release with ``--sae-id``,
+which needs the hub), with the plugin reporting the chosen definitions and intervals.
+
+For an SAE that records its provenance (every ``sae-fvu fit`` and experiment fit does),
+the eval contexts are drawn disjoint from its fit contexts and the result JSON records
+both and their overlap (0); without provenance a warning says overlap cannot be checked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..validate import UsageError
+from .commands import EvalCommand
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What an eval command resolves to before anything heavy is loaded."""
+
+    local: bool
+    metadata: dict[str, Any]
+    model_name: str
+    dataset: str
+    hook: str
+    context_size: int
+
+
+def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalPlan:
+    """Check the command and the saved SAE's cfg.json (definitions, hook, metadata) and
+    resolve model, dataset and context size — a :class:`UsageError` before any loading.
+    ``metadata``: a registry SAE's, once it is loaded."""
+    from ..definitions import DEFINITIONS
+    from ..hooks import OFFLINE_DATASET, OFFLINE_MODEL
+    from ..provenance import Provenance
+    from ..sae_io import read_saved_cfg
+
+    local = Path(cmd.sae).exists() or cmd.sae_id is None
+    try:
+        for name in (cmd.definition, *(n for n in cmd.report if n != "all")):
+            DEFINITIONS[name]  # UnknownDefinitionError lists the valid names
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if metadata is None:
+        metadata = (read_saved_cfg(cmd.sae) if local else {}).get("metadata") or {}
+    meta = metadata
+    provenance = Provenance.from_metadata(meta)
+    hook = meta.get("hook_name")
+    if (local or meta) and not hook:
+        raise UsageError(f"{cmd.sae}: its cfg.json names no hook_name; it cannot be evaluated.")
+    dataset = (
+        cmd.dataset
+        or (provenance.dataset if provenance else None)
+        or meta.get("dataset_path")
+        or OFFLINE_DATASET
+    )
+    return EvalPlan(
+        local=local,
+        metadata=meta,
+        model_name=cmd.model or meta.get("model_name") or OFFLINE_MODEL,
+        dataset=dataset,
+        hook=str(hook),
+        context_size=int(meta.get("context_size") or 128),
+    )
+
+
+def eval_command(cmd: EvalCommand) -> dict[str, Any]:
+    """SAEBench core eval of a saved SAE on held-out contexts; prints the reconstruction
+    metrics and where the result JSON went."""
+    import torch
+
+    from ..data import load_model, split_contexts
+    from ..held_out import held_out_eval
+    from ..hooks import model_hook_width
+    from ..provenance import Provenance
+    from ..sae_io import load_registry_sae, load_saved_sae
+    from ..saebench import core_eval_config
+
+    plan = plan_eval(cmd)
+    device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if plan.local:
+        from .. import clustering  # noqa: F401  (registers the clustering architectures)
+
+        sae: Any = None
+    else:
+        sae = load_registry_sae(cmd.sae, str(cmd.sae_id), device)
+        plan = plan_eval(cmd, sae.cfg.metadata.to_dict())
+    model = load_model(plan.model_name, device=device)
+    width = model_hook_width(model, plan.hook)
+    if sae is None:
+        sae = load_saved_sae(cmd.sae, device=device, expected_d_in=width)
+    provenance = Provenance.from_metadata(plan.metadata)
+    split = split_contexts(
+        plan.dataset,
+        model.tokenizer,
+        context_size=plan.context_size,
+        n_fit=0,
+        n_eval=(cmd.eval_batches + cmd.recon_batches) * cmd.batch_prompts,
+        seed=provenance.split_seed or 0 if provenance is not None else 0,
+        fit_ids=provenance.fit_ids if provenance is not None else None,
+    )
+    config = core_eval_config(
+        n_eval_batches=cmd.eval_batches,
+        n_reconstruction_batches=cmd.recon_batches,
+        batch_size_prompts=cmd.batch_prompts,
+        model_name=plan.model_name,
+        dataset=plan.dataset,
+        context_size=plan.context_size,
+        explained_variance_definition=cmd.definition,
+        explained_variance_report=list(cmd.report),
+        explained_variance_exclude_norm_above=cmd.exclude_norm_above,
+        explained_variance_bootstrap=cmd.bootstrap,
+        explained_variance_ci_level=cmd.ci_level,
+        explained_variance_seed=cmd.seed,
+    )
+    out_json = Path(cmd.output_json or Path(cmd.sae) / "eval_results.json")
+    res = held_out_eval(
+        sae,
+        model,
+        split,
+        config,
+        out_json=out_json,
+        sae_release="local" if plan.local else cmd.sae,
+        sae_id=Path(cmd.sae).name,
+        device=device,
+        allow_overlap=cmd.allow_overlap,
+    )
+    report(res, len(split.eval_index), out_json)
+    return res
+
+
+def report(res: dict[str, Any], n_contexts: int, out_json: Path) -> None:
+    rq = res["metrics"]["reconstruction_quality"]
+    print(json.dumps(rq, indent=1))
+    overlap = res["held_out"]["overlap"]
+    shown = "not checked (no provenance)" if overlap is None else overlap
+    print(f"held-out contexts: {n_contexts}; overlap with fit contexts: {shown}")
+    print(f"SAEBench result JSON: {out_json}")

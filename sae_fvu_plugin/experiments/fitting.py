@@ -1,0 +1,94 @@
+"""Fitting an experiment's points: each SAE fitted once, saved under ``out/saes/`` keyed by
+everything that produced it, and reloaded from there on every rerun."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import clustering  # noqa: F401  (registers the clustering SAE architectures)
+from ..kmeans_options import KMeansOptions
+from ..sae_io import load_saved_sae, save_sae
+from . import registry
+from .inputs import ExperimentInputs
+from .points import FitInput, Point, key_of
+
+
+class Fits:
+    """The fitted SAEs of one experiment: from this run, from the disk cache, or fitted now."""
+
+    def __init__(self, inputs: ExperimentInputs) -> None:
+        self.inputs = inputs
+        self.cfg, self.out = inputs.cfg, inputs.out
+        self._fitted: dict[Point, Any] = {}
+
+    def key(self, point: Point) -> str:
+        m = registry.get(point.method)
+        relevant = {name: getattr(self.cfg, name, None) for name in m.config_fields}
+        return key_of(
+            self.inputs.data_key, point.method, point.params, point.layer, point.source, relevant
+        )
+
+    def fitted(self, point: Point) -> Any:
+        """The SAE of ``point`` (fitted at most once per output folder)."""
+        if point in self._fitted:
+            return self._fitted[point]
+        folder = self.out / "saes" / f"{point.name}-{self.key(point)}"
+        if not (folder / "cfg.json").is_file():
+            save_sae(self.fit(point).to("cpu"), folder)
+        sae = load_saved_sae(folder, device="cpu")
+        self._fitted[point] = sae
+        return sae
+
+    def fit(self, point: Point) -> Any:
+        """Fit ``point`` now (its k-means stages checkpointed under ``out/checkpoints/``) and
+        record the fit in ``cfg.metadata['experiment']``."""
+        from sae_bench.sae_bench_utils.general_utils import _standardize_sae_cfg
+
+        method = registry.get(point.method)
+        acts, val, prov = self.inputs.fit_data(point)
+        ckpt = self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
+        started = time.perf_counter()
+        sae = method.fit(self._fit_input(point, acts, val, prov, ckpt))
+        seconds = time.perf_counter() - started
+        meta = sae.cfg.metadata
+        meta["experiment"] = {
+            "key": self.key(point),
+            "method": point.method,
+            "family": method.family,
+            "params": point.param_dict,
+            "layer": point.layer,
+            "source": point.source,
+            "fit_seconds": round(seconds, 3),
+        }
+        if prov is not None and meta.get("provenance") is None:
+            meta["provenance"] = prov.to_dict()
+        for k, v in self.inputs.base_metadata(point).items():
+            if meta.get(k) is None:
+                meta[k] = v
+        _standardize_sae_cfg(sae.cfg)
+        ckpt.unlink(missing_ok=True)
+        return sae
+
+    def _fit_input(self, point: Point, acts: Any, val: Any, prov: Any, ckpt: Path) -> FitInput:
+        options = KMeansOptions(
+            n_iter=self.cfg.n_iter,
+            seed=self.cfg.seed,
+            device=self.inputs.device,
+            progress=False,
+            checkpoint=str(ckpt),
+        )
+        return FitInput(
+            point=point,
+            params=point.param_dict,
+            acts=acts,
+            val=val,
+            cfg=self.cfg,
+            options=options,
+            provenance=prov,
+            metadata=self.inputs.base_metadata(point),
+            device=self.inputs.device,
+            fitted=self.fitted,
+            progress=self.inputs.progress,
+        )

@@ -1,0 +1,158 @@
+"""What every experiment reads: the model and text, the split of contexts into fit,
+validation and held-out eval contexts (with each fit's provenance), the activation cache
+and the Gaussian control with the activations' mean and covariance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..provenance import Provenance
+from .config import ExperimentConfig
+from .points import Point, key_of
+
+
+def massive_stats(x: torch.Tensor, fraction: float) -> dict[str, float]:
+    """Share of total variance Σ‖x_n − μ‖² carried by the top ``fraction`` of tokens by
+    norm ‖x_n‖, the norm quantiles and the exclusion threshold."""
+    x64 = x.double()
+    norms = x64.norm(dim=1)
+    dev = (x64 - x64.mean(0)).square().sum(1)
+    m = max(1, int(round(fraction * len(x))))
+    top = torch.topk(norms, m).indices
+    return {
+        "n_tokens": len(x),
+        "top_tokens": m,
+        "top_variance_share": float(dev[top].sum() / dev.sum()),
+        "norm_median": float(norms.median()),
+        "norm_p99": float(norms.quantile(0.99)),
+        "norm_max": float(norms.max()),
+        "threshold": float(torch.sort(norms).values[-m - 1]) if len(x) > m else float(norms.min()),
+    }
+
+
+def gaussian_like(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n samples of N(mean(x), cov(x)) (float64 moments, float32 samples)."""
+    x64 = x.double()
+    mu = x64.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov(x64.T))
+    root = evecs * evals.clamp(min=0).sqrt()
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, x.shape[1], generator=g, dtype=torch.float64)
+    return (mu + z @ root.T).float()
+
+
+class ExperimentInputs:
+    """The model, the context split and the cached activations of one configuration."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, device: str, progress: bool) -> None:
+        from ..data import load_model, split_contexts
+
+        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+        ctx = cfg.context_size
+        self.model = load_model(cfg.model, device=device, n_ctx=max(ctx, 128))
+        self.n_fit_ctx = -(-cfg.fit_tokens // (ctx - 1))
+        self.n_val_ctx = -(-cfg.val_tokens // (ctx - 1)) if cfg.val_tokens else 0
+        # SAEBench draws its KL/CE batches first and the variance batches after them (its
+        # reset_input_dataset does not rewind the token stream): the eval slice holds both,
+        # and a variance-only run reads the same variance contexts.
+        self.n_var_ctx = cfg.eval_batches * cfg.batch_prompts
+        self.split = split_contexts(
+            cfg.dataset,
+            self.model.tokenizer,
+            context_size=ctx,
+            n_fit=self.n_fit_ctx + self.n_val_ctx,
+            n_eval=self.n_var_ctx + cfg.recon_batches * cfg.batch_prompts,
+            seed=cfg.seed,
+        )
+        self.fit_index = self.split.fit_index[: self.n_fit_ctx]
+        assert not set(self.split.fit_index.tolist()) & set(self.split.eval_index.tolist())
+        self.data_key = key_of(
+            cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens, cfg.seed, cfg.layers
+        )
+        self.fit_acts, self.val_acts = self._activations()
+        self._gauss: dict[int, dict[str, torch.Tensor]] = {}
+
+    def hooks(self) -> list[str]:
+        return [self.cfg.hook(layer) for layer in self.cfg.layers]
+
+    def _activations(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        from datasets import Dataset
+
+        from ..clustering import collect_activations
+
+        path = self.out / "cache" / f"acts-{self.data_key}.pt"
+        if path.is_file():
+            saved = torch.load(path, weights_only=True)
+            return saved["fit"], saved["val"]
+        cfg = self.cfg
+        rows = self.split.fit  # fit contexts, then validation contexts
+        acts = collect_activations(
+            self.model,
+            Dataset.from_dict({"input_ids": rows.tolist()}),
+            self.hooks(),
+            len(rows) * (cfg.context_size - 1),
+            context_size=cfg.context_size,
+            batch_prompts=cfg.batch_prompts,
+            drop_first_position=True,
+            device=self.device,
+            progress=self.progress,
+        )
+        n_val = self.n_fit_ctx * (cfg.context_size - 1)
+        fit = {h: a[: cfg.fit_tokens].contiguous() for h, a in acts.items()}
+        val = {h: a[n_val : n_val + cfg.val_tokens].contiguous() for h, a in acts.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"fit": fit, "val": val}, path)
+        return fit, val
+
+    def gaussian(self, layer: int) -> dict[str, torch.Tensor]:
+        """The control: fit, validation and eval samples of N(mean, cov) of the fit acts."""
+        if layer not in self._gauss:
+            x = self.fit_acts[self.cfg.hook(layer)]
+            s = self.cfg.seed
+            self._gauss[layer] = {
+                "fit": gaussian_like(x, len(x), s + 1),
+                "val": gaussian_like(x, max(self.cfg.val_tokens, 1), s + 3),
+                "eval": gaussian_like(x, self.n_var_ctx * (self.cfg.context_size - 1), s + 2),
+            }
+        return self._gauss[layer]
+
+    def fit_data(self, point: Point) -> tuple[torch.Tensor, torch.Tensor | None, Provenance | None]:
+        """(fit activations, validation activations or None, provenance) of ``point``."""
+        if point.source == "real":
+            hook = self.cfg.hook(point.layer)
+            acts, val, prov = (
+                self.fit_acts[hook],
+                self.val_acts.get(hook),
+                self.provenance(point.layer),
+            )
+        else:
+            g = self.gaussian(point.layer)
+            acts, val, prov = g["fit"], g["val"], None
+        return acts, val if val is not None and len(val) else None, prov
+
+    def provenance(self, layer: int) -> Provenance:
+        return Provenance.of_split(
+            self.split,
+            self.fit_index.tolist(),
+            model_name=self.cfg.model,
+            hook_name=self.cfg.hook(layer),
+            dataset=self.cfg.dataset,
+            context_size=self.cfg.context_size,
+            tokenizer=self.model.tokenizer,
+            split_seed=self.cfg.seed,
+            fit_tokens=self.cfg.fit_tokens,
+        )
+
+    def base_metadata(self, point: Point) -> dict[str, Any]:
+        return {
+            "model_name": self.cfg.model,
+            "hook_name": self.cfg.hook(point.layer),
+            "context_size": self.cfg.context_size,
+            "prepend_bos": True,
+            "dataset_path": self.cfg.dataset
+            if point.source == "real"
+            else f"gaussian({self.cfg.dataset} moments)",
+        }

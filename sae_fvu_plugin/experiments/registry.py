@@ -1,0 +1,53 @@
+"""The method registry: a method is a name, a family, a fit function, its L0 and d_sae.
+
+A leaf: it imports nothing of the package, so method plug-ins (``methods/``) and the runner
+both import it and neither imports the other. Adding a method is one small module that
+calls :func:`register` and is imported by ``methods/__init__.py`` (or by your own code
+before the run)::
+
+    register(Method(name="my_method", family="clustering", fit=my_fit,
+                    l0=lambda p: 1, d_sae=lambda p: p["n_clusters"],
+                    label=lambda p: f"k{p['n_clusters']}"))
+
+``fit(inp: FitInput) -> SAE`` gets this point's parameters, the fit activations (and
+held-out validation activations), the shared k-means options and the provenance, and
+returns any SAELens SAE whose ``cfg.metadata`` records ``tokens_seen`` and ``passes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # "clustering" or "sae"
+    fit: Callable[[Any], Any]
+    l0: Callable[[dict[str, Any]], float | None]  # nominal L0 (None: measured only)
+    d_sae: Callable[[dict[str, Any]], int]
+    label: Callable[[dict[str, Any]], str]
+    description: str = ""
+    config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS and METHODS[method.name] != method:
+        raise ValueError(f"method {method.name!r} is already registered.")
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; registered: {', '.join(METHODS) or 'none'} (import "
+            "sae_fvu_plugin.experiments.methods to register the built-in ones)."
+        ) from None

@@ -1,0 +1,153 @@
+"""One experiment runner: ``run_experiment(spec, config)``.
+
+An :class:`ExperimentSpec` says what an experiment is — its points, how a point is
+evaluated (default: SAEBench on held-out tokens, the Gaussian control directly), its
+summary, its printed report, its CSV columns and plots. The runner does the rest for every
+spec alike: the shared inputs (model, split, activation cache), fitting each point once,
+the row cache, the progress line and estimate, ``results.json`` / ``results.csv``, and
+the closing line. Reruns reuse everything cached under the output folder (activations,
+fitted SAEs, evaluated rows), keyed by the settings that produced them; nothing cached is
+ever overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import methods  # noqa: F401  (registers the built-in methods)
+from .config import ExperimentConfig
+from .evaluation import Evaluator
+from .fitting import Fits
+from .inputs import ExperimentInputs
+from .points import Point
+from .report import plain, write_csv
+
+Rows = list[dict[str, Any]]
+
+
+class Experiment:
+    """The inputs, fits, evaluation and row cache of one experiment configuration."""
+
+    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.inputs = ExperimentInputs(cfg, self.out, device, progress)
+        self.fits = Fits(self.inputs)
+        self.evaluator = Evaluator(self.inputs)
+        self.progress = progress
+
+    def fitted(self, point: Point) -> Any:
+        return self.fits.fitted(point)
+
+    def _rows_path(self, point: Point) -> Path:
+        name = f"{point.name}-{self.fits.key(point)}-{self.evaluator.key}.json"
+        return self.out / "rows" / name
+
+    def is_cached(self, point: Point) -> bool:
+        return self._rows_path(point).is_file()
+
+    def rows_for(self, point: Point, evaluate: Callable[[Any, Point], Rows]) -> Rows:
+        """The rows of a point: cached, or fitted and evaluated now (written atomically)."""
+        path = self._rows_path(point)
+        if path.is_file():
+            return list(json.loads(path.read_text()))
+        rows = evaluate(self.fitted(point), point)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, default=float))
+        os.replace(tmp, path)
+        return rows
+
+    def run(
+        self, points: Iterable[Point], evaluate: Callable[[Any, Point], Rows], desc: str
+    ) -> Rows:
+        points = list(points)
+        out: Rows = []
+        bar = tqdm(points, desc=desc, unit="model", disable=not self.progress)
+        for point in bar:
+            bar.set_postfix_str(point.name)
+            out += self.rows_for(point, evaluate)
+        bar.close()
+        return out
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What one experiment is; :func:`run_experiment` runs any of them.
+
+    * ``points(cfg)``: its models; ``describe(cfg, points)``: one line saying what runs;
+      ``estimate_minutes(cfg, todo)``: the wall time of the points not yet cached;
+    * ``prepare(exp)``: context computed once before the points (default: none);
+      ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
+      held-out tokens, the Gaussian control directly);
+    * ``summarize(rows, context)``: the keys ``results.json`` adds to config and rows;
+      ``report(rows, summary)``: the text printed; ``csv_columns``, ``csv_intervals``:
+      ``results.csv``; ``plots(rows, summary, out, cfg)``: the files drawn (matplotlib).
+    """
+
+    name: str
+    points: Callable[[Any], list[Point]]
+    describe: Callable[[Any, list[Point]], str]
+    estimate_minutes: Callable[[Any, list[Point]], float]
+    summarize: Callable[[Rows, dict[str, Any]], dict[str, Any]]
+    report: Callable[[Rows, dict[str, Any]], str]
+    plots: Callable[[Rows, dict[str, Any], Path, Any], list[str]]
+    csv_columns: Sequence[str] = field(default_factory=tuple)
+    csv_intervals: bool = False
+    prepare: Callable[[Experiment], dict[str, Any]] | None = None
+    evaluate: Callable[[Experiment, dict[str, Any], Any, Point], Rows] | None = None
+
+
+def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> dict[str, Any]:
+    """Fit and evaluate every point of ``spec`` under ``cfg`` (cached ones are read back),
+    write ``results.json`` / ``results.csv`` / the plots, print the report; returns the
+    result (``config``, the summary's keys, ``rows``, ``minutes``)."""
+    t0 = time.time()
+    out = Path(cfg.out)
+    pts = spec.points(cfg)
+    tag = f"[{spec.name}]"
+    print(f"{tag} {spec.describe(cfg, pts)}", flush=True)
+    exp = Experiment(cfg, progress=progress)
+    todo = [p for p in pts if not exp.is_cached(p)]
+    status = (
+        "everything is cached: printing the results."
+        if not todo
+        else f"estimated {spec.estimate_minutes(cfg, todo):.0f} min on 2 CPU cores "
+        f"({len(pts) - len(todo)} of {len(pts)} models cached)"
+    )
+    print(f"{tag} {status}; output in {out}/", flush=True)
+    context = spec.prepare(exp) if spec.prepare is not None else {}
+    evaluate = spec.evaluate
+    if evaluate is None:
+        rows = exp.run(pts, exp.evaluator.default_rows, desc=spec.name)
+    else:
+        rows = exp.run(pts, lambda sae, p: evaluate(exp, context, sae, p), desc=spec.name)
+    summary = spec.summarize(rows, context)
+    result = {"config": dataclasses.asdict(cfg), **summary, "rows": rows}
+    result["minutes"] = (time.time() - t0) / 60
+    (out / "results.json").write_text(json.dumps(plain(result), indent=1))
+    write_csv(rows, out / "results.csv", spec.csv_columns, intervals=spec.csv_intervals)
+    print(spec.report(rows, summary))
+    try:
+        plotted = ", ".join(f"{out}/{name}" for name in spec.plots(rows, summary, out, cfg))
+    except ImportError as err:  # matplotlib is an optional (demo) dependency
+        plotted = f"plots skipped ({err})"
+    print(
+        f"{tag} done in {result['minutes']:.1f} min. Outputs: {out}/results.csv, "
+        f"{out}/results.json, {plotted}; SAEBench result JSONs in {out}/results/; fitted "
+        f"SAEs in {out}/saes/"
+    )
+    return result

@@ -1,0 +1,141 @@
+"""The options of every clustering fit, typed, validated, with their defaults stated once.
+
+The Python functions (``fit_kmeans(acts, k, n_iter=30)``), the command line (generated from
+these fields, help text and defaults included) and the experiments all build a
+:class:`KMeansOptions`. It lives outside :mod:`sae_fvu_plugin.clustering` (which re-exports it)
+because importing that package registers SAELens architectures, which imports SAELens; this
+module imports nothing heavy, so ``sae-fvu --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .validate import check_choice, check_float, check_int, is_tensor
+
+INITS = ("k-means++", "k-means||", "random")
+EMPTY_POLICIES = ("split", "farthest")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class KMeansOptions:
+    """How a k-means stage is fitted (every stage of one fit uses the same options).
+
+    Lloyd's algorithm minimises inertia Σ_n min_k ‖z_n − c_k‖² over the data z (centred,
+    and for PCA + k-means the PCA residual). It stops after ``n_iter`` iterations, when no
+    label changes, or when the centre shift Σ_k ‖Δc_k‖² ≤ ``tol`` × mean per-dimension
+    variance (scikit-learn's rule).
+    """
+
+    n_iter: int = _opt(30, "maximum Lloyd iterations per run")
+    tol: float = _opt(
+        1e-4, "stop when Σ‖Δc‖² ≤ tol × mean per-dimension variance (scikit-learn's rule)"
+    )
+    init: Any = _opt(
+        "k-means++",
+        "seeding: 'k-means++' (greedy, as scikit-learn), 'k-means||' (Bahmani et al. 2012, "
+        "for streamed or sharded data), 'random' (k distinct sampled rows), or (Python "
+        "only) a (k, d) tensor of initial centroids",
+        choices=INITS,
+    )
+    n_init: int = _opt(1, "independent seeded runs; the one with the lowest exact inertia is kept")
+    n_local_trials: int | None = _opt(
+        None, "candidates per greedy k-means++ step (default 2 + ⌊ln k⌋, as scikit-learn)"
+    )
+    init_sample: int | None = _opt(
+        None,
+        "rows sampled uniformly for k-means++ / random seeding (default min(N, max(10000, 2k)))",
+    )
+    oversampling: float = _opt(2.0, "k-means||: candidates drawn per round = oversampling × k")
+    init_rounds: int = _opt(5, "k-means||: sampling rounds")
+    empty: str = _opt(
+        "split",
+        "refill empty clusters: 'split' a populous one (faiss's rule) or take the 'farthest' "
+        "rows (scikit-learn's)",
+        choices=EMPTY_POLICIES,
+    )
+    seed: int = _opt(0, "random seed of sampling and seeding (run i of n_init uses seed + i)")
+    device: str | None = _opt(None, "where the work runs (default: CUDA when available)")
+    checkpoint: str | None = _opt(
+        None,
+        "file to save progress to; a re-run with the same data and options resumes from it "
+        "to the identical result",
+    )
+    checkpoint_every: int = _opt(5, "save the checkpoint every this many Lloyd iterations")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
+        set_(self, "tol", check_float("tol", self.tol, 0.0))
+        if not is_tensor(self.init):
+            check_choice("init", self.init, INITS)
+        set_(self, "n_init", check_int("n_init", self.n_init, 1))
+        if self.n_local_trials is not None:
+            set_(self, "n_local_trials", check_int("n_local_trials", self.n_local_trials, 1))
+        if self.init_sample is not None:
+            set_(self, "init_sample", check_int("init_sample", self.init_sample, 1))
+        set_(self, "oversampling", check_float("oversampling", self.oversampling, 0.0))
+        if not self.oversampling > 0:
+            raise ValueError(f"oversampling must be > 0, got {self.oversampling}.")
+        set_(self, "init_rounds", check_int("init_rounds", self.init_rounds, 1))
+        check_choice("empty", self.empty, EMPTY_POLICIES)
+        set_(self, "seed", check_int("seed", self.seed, 0))
+        set_(self, "checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
+        if self.checkpoint is not None:
+            set_(self, "checkpoint", str(self.checkpoint))
+        if self.device is not None:
+            set_(self, "device", str(self.device))
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True or False, got {self.progress!r}.")
+        if is_tensor(self.init) and self.n_init > 1:
+            raise ValueError(
+                "n_init > 1 needs a seeding method ('k-means++', 'k-means||', 'random'); a "
+                "tensor init gives the same run every time. Use n_init=1."
+            )
+
+    @classmethod
+    def build(
+        cls, options: KMeansOptions | None = None, where: str = "fit", **kwargs: Any
+    ) -> KMeansOptions:
+        """``options`` updated with ``kwargs``; an unknown keyword is a ``TypeError`` naming
+        the closest option (user metadata belongs in ``metadata={...}``)."""
+        names = [f.name for f in fields(cls)]
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{where}() got an unexpected keyword argument {key!r}.{hint} Options: "
+                    f"{', '.join(names)}; put your own metadata in metadata={{...}}."
+                )
+        base = options if options is not None else cls()
+        if not isinstance(base, cls):
+            raise TypeError(f"options must be a {cls.__name__}, got {type(base).__name__}.")
+        return replace(base, **kwargs) if kwargs else base
+
+    def local_trials(self, k: int) -> int:
+        """Greedy k-means++ candidates per step: ``n_local_trials`` or 2 + ⌊ln k⌋."""
+        return self.n_local_trials or 2 + int(math.log(k))
+
+    def sample_size(self, n: int, k: int) -> int:
+        """Rows sampled for seeding: ``init_sample`` or min(N, max(10000, 2k)), at least k.
+        (Greedy k-means++ reads the whole sample once per centre; at 2k rows it stays in a
+        CPU's last-level cache for k up to ~4096 at d = 576.)"""
+        m = self.init_sample or max(10_000, 2 * k)
+        return max(min(n, m), min(n, k))
+
+
+def option_help(cls: type, name: str) -> str:
+    """The help text of a field (for generated command lines)."""
+    for f in fields(cls):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(name)
