@@ -64,7 +64,10 @@ def splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def _poisson1_cdf(kmax: int = 40) -> torch.Tensor:
+POISSON_MAX = 40  # the largest weight drawn (P(w > 40) < 1e-48)
+
+
+def _poisson1_cdf(kmax: int = POISSON_MAX) -> torch.Tensor:
     terms = [math.exp(-1.0) / math.factorial(k) for k in range(kmax + 1)]
     cdf = torch.tensor(terms, dtype=torch.float64).cumsum(0)
     cdf[-1] = 1.0
@@ -90,6 +93,69 @@ def unit_hash(units: torch.Tensor) -> int:
         return 0
     h = splitmix64(units.to("cpu", torch.int64) ^ _i64(0x5EED))
     return int(h.sum()) & _MASK64
+
+
+def default_units(x: torch.Tensor, start: int) -> torch.Tensor:
+    """Unit ids of a batch numbered from ``start`` in update order: one per row of a 3-D
+    (batch, seq, d) input, one per token of a 2-D one; under torch.distributed offset by
+    rank << 40 (distinct per rank; pass ``units=`` to pair across runs). Flat, per token."""
+    import torch.distributed as dist
+
+    shape = x.shape[:-1]
+    n_units = count_default_units(x)
+    base = start
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        base += dist.get_rank() << 40
+    ids = torch.arange(base, base + n_units, dtype=torch.int64)
+    if x.ndim >= 3:
+        ids = ids.view(-1, *([1] * (len(shape) - 1))).expand(*shape)
+    return ids.reshape(-1)
+
+
+def count_default_units(x: torch.Tensor) -> int:
+    """How many units :func:`default_units` numbers in ``x``."""
+    shape = x.shape[:-1]
+    return int(shape[0]) if x.ndim >= 3 else int(torch.tensor(shape).prod()) if shape else 1
+
+
+def given_units(x: torch.Tensor, units: Any) -> torch.Tensor:
+    """User-given unit ids (per token, or per row of a 3-D input), flat per token."""
+    if (
+        not isinstance(units, torch.Tensor)
+        or units.is_floating_point()
+        or units.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"units must be an integer tensor (one id per token, or per row of a 3-D input), "
+            f"got {getattr(units, 'dtype', type(units).__name__)}."
+        )
+    shape = x.shape[:-1]
+    if units.shape == shape:
+        return units.reshape(-1).to("cpu", torch.int64)
+    if x.ndim >= 3 and units.shape == shape[:1]:
+        ids = units.to("cpu", torch.int64).view(-1, *([1] * (len(shape) - 1)))
+        return ids.expand(*shape).reshape(-1)
+    raise ValueError(
+        f"units has shape {tuple(units.shape)}; expected x.shape[:-1] = {tuple(shape)} (one id "
+        f"per token) or ({shape[0]},) (one per row)."
+    )
+
+
+def replicate_fvus(reps: Replicates, definitions: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """{name: (B,) FVU of every replicate} through the same ``compute_fvu`` as the point
+    estimate (NaN where a replicate is degenerate: zero weight or zero variance)."""
+    import warnings
+
+    from .stats import FVUWarning, compute_fvu
+
+    out = {n: torch.empty(reps.b, dtype=torch.float64) for n in definitions}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FVUWarning)
+        for i in range(reps.b):
+            state = reps.state(i)
+            for name, defn in definitions.items():
+                out[name][i] = compute_fvu(defn, state) if state.n > 0 else math.nan
+    return out
 
 
 @dataclass
@@ -329,3 +395,46 @@ def paired_interval(estimate: float, a: Any, b: Any, level: float = 0.95) -> tup
             f"paired replicates must have the same length, got {ta.numel()} and {tb.numel()}."
         )
     return normal_interval(estimate, ta - tb, level)
+
+
+def check_level(level: Any) -> float:
+    """An interval level in (0, 1), else a ``ValueError``."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level!r}.")
+    return float(level)
+
+
+def intervals(
+    point: dict[str, float], reps: dict[str, torch.Tensor], level: float, method: str
+) -> dict[str, tuple[float, float]]:
+    """{name: (low, high)} of each estimate from its replicates: ``"normal"`` (estimate ±
+    z·sd, :func:`normal_interval`) or ``"percentile"`` (:func:`percentile_interval`)."""
+    check_level(level)
+    if method == "percentile":
+        return {n: percentile_interval(v, level) for n, v in reps.items()}
+    if method != "normal":
+        raise ValueError(f"method must be 'normal' or 'percentile', got {method!r}.")
+    return {n: normal_interval(point[n], v, level) for n, v in reps.items()}
+
+
+def paired_intervals(
+    a: dict[str, float],
+    b: dict[str, float],
+    reps_a: dict[str, torch.Tensor],
+    reps_b: dict[str, torch.Tensor],
+    level: float,
+    method: str,
+) -> dict[str, tuple[float, float, float]]:
+    """{name: (low, high, estimate)} of a − b for every name both have, from paired
+    replicates (:func:`paired_interval`, or the percentiles of the differences)."""
+    check_level(level)
+    if method not in ("normal", "percentile"):
+        raise ValueError(f"method must be 'normal' or 'percentile', got {method!r}.")
+    out = {}
+    for name in (n for n in a if n in b):
+        est = a[name] - b[name]
+        if method == "percentile":
+            out[name] = (*percentile_interval(reps_a[name] - reps_b[name], level), est)
+        else:
+            out[name] = (*paired_interval(est, reps_a[name], reps_b[name], level), est)
+    return out

@@ -160,57 +160,21 @@ def fit_codebook(
     *,
     kind: str,
 ) -> Codebook:
-    """Fit the stages on ``acts`` (this rank's shard when a process group is initialised)."""
+    """Fit the stages on ``acts`` (this rank's shard when a process group is initialised):
+    exact statistics, options checked against the data (and agreed by every rank), PCA,
+    then each k-means stage on the residual of the ones before, resuming from the
+    checkpoint where one matches."""
     reducer = current_reducer()
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = ActivationSource(acts)
     stats = data_stats(source, device, reducer, scatter=n_pca > 0)
-    n, d = stats.n, stats.d
-    for k in stages:
-        if k > n:
-            raise ValueError(
-                f"n_clusters={k} exceeds the number of activation rows N={n}; use fewer "
-                "clusters or more tokens."
-            )
-    if n_pca >= d:
-        raise ValueError(f"n_pca={n_pca} must be below the width d={d}.")
+    settings = fit_settings(stats, stages, n_pca, options, kind, reducer.world)
     compute_dtype = torch.float64 if stats.dtype == torch.float64 else torch.float32
-    init = options.init
-    if is_tensor(init):
-        if len(stages) != 1:
-            raise ValueError("init as a tensor is for single-stage fits; use a seeding method.")
-        if tuple(init.shape) != (stages[0], d):
-            raise ValueError(
-                f"init has shape {tuple(init.shape)}, expected (n_clusters, d) = ({stages[0]}, {d})."
-            )
-        init_key = _tensor_key(init)
-    else:
-        init_key = str(init)
-    settings: dict[str, Any] = {
-        "kind": kind,
-        "stages": list(stages),
-        "n_pca": n_pca,
-        "d": d,
-        "tol": options.tol,
-        "init": init_key,
-        "n_init": options.n_init,
-        "n_local_trials": [options.local_trials(k) for k in stages],
-        "init_sample": [options.sample_size(n, k) for k in stages],
-        "oversampling": options.oversampling,
-        "init_rounds": options.init_rounds,
-        "empty": options.empty,
-        "seed": options.seed,
-        "input_dtype": str(stats.dtype),
-        "compute_dtype": str(compute_dtype),
-        "world_size": reducer.world,
-        "data": stats.fingerprint,
-    }
     agree(
         reducer,
         "the fit options",
         {k: v for k, v in settings.items() if k != "data"} | {"n_iter": options.n_iter},
     )
-
     pca = pca_from_stats(stats, n_pca) if n_pca else None
     basis = None if pca is None else pca.components.to(device)
     data = _Data(source, stats, basis, compute_dtype, device)
@@ -223,14 +187,7 @@ def fit_codebook(
         stats.local_sizes,
         can_extend=can_extend,
     )
-    saved = ckpt.load()
-    done: list[dict[str, Any]] = [] if saved is None else list(saved["stages"])
-    current: dict[str, Any] | None = None if saved is None else saved.get("current")
-    if can_extend and done and done[0].get("lloyd") is not None:
-        last = done[0]["lloyd"]  # a finished run that a larger n_iter may continue
-        if not last["converged"] and last["iteration"] < options.n_iter:
-            done, current = [], {"stage": 0, "run": 0, "runs": [], "best": None, "lloyd": last}
-
+    done, current = _resume_point(ckpt, can_extend, options.n_iter)
     centroids: list[torch.Tensor] = []
     records: list[StageRecord] = []
     for s, k in enumerate(stages):
@@ -243,7 +200,7 @@ def fit_codebook(
         stage = _StageFit(s, k, data, options, ckpt, reducer, kind, n_pca, len(stages), done)
         if current is not None and current["stage"] == s:
             stage.resume(current)
-        best, state = stage.run_all(init, n)
+        best, state = stage.run_all(options.init, stats.n)
         record = stage.record(best)
         best_c = stage.best_c
         assert best_c is not None
@@ -267,6 +224,65 @@ def fit_codebook(
         passes=data.passes,
         settings=settings | {"n_iter": options.n_iter},
     )
+
+
+def fit_settings(
+    stats: Any, stages: list[int], n_pca: int, options: KMeansOptions, kind: str, world: int
+) -> dict[str, Any]:
+    """Every setting that changes the result (what a checkpoint is bound to), after
+    checking the options against the data's shape (a ``ValueError`` naming the fix)."""
+    n, d = stats.n, stats.d
+    for k in stages:
+        if k > n:
+            raise ValueError(
+                f"n_clusters={k} exceeds the number of activation rows N={n}; use fewer "
+                "clusters or more tokens."
+            )
+    if n_pca >= d:
+        raise ValueError(f"n_pca={n_pca} must be below the width d={d}.")
+    init = options.init
+    if is_tensor(init):
+        if len(stages) != 1:
+            raise ValueError("init as a tensor is for single-stage fits; use a seeding method.")
+        if tuple(init.shape) != (stages[0], d):
+            raise ValueError(
+                f"init has shape {tuple(init.shape)}, expected (n_clusters, d) = ({stages[0]}, {d})."
+            )
+    compute_dtype = torch.float64 if stats.dtype == torch.float64 else torch.float32
+    return {
+        "kind": kind,
+        "stages": list(stages),
+        "n_pca": n_pca,
+        "d": d,
+        "tol": options.tol,
+        "init": _tensor_key(init) if is_tensor(init) else str(init),
+        "n_init": options.n_init,
+        "n_local_trials": [options.local_trials(k) for k in stages],
+        "init_sample": [options.sample_size(n, k) for k in stages],
+        "oversampling": options.oversampling,
+        "init_rounds": options.init_rounds,
+        "empty": options.empty,
+        "seed": options.seed,
+        "input_dtype": str(stats.dtype),
+        "compute_dtype": str(compute_dtype),
+        "world_size": world,
+        "data": stats.fingerprint,
+    }
+
+
+def _resume_point(
+    ckpt: Checkpoint, can_extend: bool, n_iter: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(finished stages, the stage in progress or None) from the checkpoint; a finished
+    single-stage run that a larger ``n_iter`` may continue becomes in progress again."""
+    saved = ckpt.load()
+    done: list[dict[str, Any]] = [] if saved is None else list(saved["stages"])
+    current: dict[str, Any] | None = None if saved is None else saved.get("current")
+    if can_extend and done and done[0].get("lloyd") is not None:
+        last = done[0]["lloyd"]
+        if not last["converged"] and last["iteration"] < n_iter:
+            done, current = [], {"stage": 0, "run": 0, "runs": [], "best": None, "lloyd": last}
+    return done, current
 
 
 class _StageFit:

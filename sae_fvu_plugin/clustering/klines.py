@@ -60,9 +60,6 @@ def fit_klines(
     normalised. Options (``n_iter``, ``tol`` on the relative objective change, ``seed``,
     ``device``, ``init_sample``) as :class:`KMeansOptions`.
     """
-    from sae_lens import AbsTopKSAE, AbsTopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
     from .fit import base_metadata
 
     opts = KMeansOptions.build(options, "fit_klines", **kwargs)
@@ -94,50 +91,15 @@ def fit_klines(
             return iter(held)
         return (centred(b) for b in source.batches() if b.shape[0])
 
-    if init_codebook is not None:
-        if tuple(init_codebook.shape) != (k, stats.d):
-            raise ValueError(
-                f"init_codebook has shape {tuple(init_codebook.shape)}, expected ({k}, {stats.d})."
-            )
-        u = init_codebook.to(device, torch.float64)
-    else:
-        sample = uniform_sample(batches, opts.sample_size(stats.n, k), opts.seed, reducer)
-        u = greedy_kmeans_pp(
-            sample.to(device), k, _generator(opts.seed, 1), opts.local_trials(k), dtype=dtype
-        )
-        u = reducer.broadcast(u.cpu()).to(device)
-    u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    total = stats.total_ss
-    history: list[float] = []
-    labels_prev: list[torch.Tensor] | None = None
-    for _ in range(opts.n_iter):
-        ud = u.to(dtype)
-        sums = torch.zeros(k, stats.d, dtype=torch.float64, device=device)
-        explained = torch.zeros(1, dtype=torch.float64, device=device)
-        labels: list[torch.Tensor] = []
-        for z in batches():
-            lab, proj = _assign(z, ud)
-            labels.append(lab)
-            sums.index_add_(0, lab, (z * proj[:, None]).to(torch.float64))
-            explained += proj.double().square().sum()
-        packed = reducer.sum_(torch.cat([sums.flatten(), explained]))
-        sums, explained_sum = packed[:-1].view(k, stats.d), float(packed[-1])
-        history.append(total - explained_sum)
-        norms = sums.norm(dim=1, keepdim=True)
-        u = torch.where(norms > 0, sums / norms.clamp(min=1e-300), u)  # unused lines stay
-        stable = labels_prev is not None and all(
-            torch.equal(a, b) for a, b in zip(labels, labels_prev, strict=True)
-        )
-        labels_prev = labels
-        rel = abs(history[-2] - history[-1]) / max(history[-2], 1e-300) if len(history) > 1 else 1.0
-        if stable or rel <= opts.tol:
-            break
+    u = _initial_lines(init_codebook, k, stats, batches, opts, reducer, device, dtype)
+    u, history = _iterate(batches, u, stats, opts, reducer, dtype)
     residual = torch.zeros(1, dtype=torch.float64, device=device)
     ud = u.to(dtype)
     for z in batches():
         _, proj = _assign(z, ud)
         residual += z.double().square().sum() - proj.double().square().sum()
     residual_ss = float(reducer.sum_(residual))
+    total = stats.total_ss
     meta |= {
         "n_tokens": stats.n,
         "inertia": residual_ss,
@@ -152,13 +114,83 @@ def fit_klines(
             "n_iter_run": len(history),
         },
     }
+    return _as_sae(u, stats.mean, meta)
+
+
+def _initial_lines(
+    init_codebook: torch.Tensor | None,
+    k: int,
+    stats: Any,
+    batches: Any,
+    opts: KMeansOptions,
+    reducer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(k, d) unit directions: ``init_codebook`` normalised, or greedy k-means++ rows of a
+    uniform sample (the same on every rank)."""
+    if init_codebook is not None:
+        if tuple(init_codebook.shape) != (k, stats.d):
+            raise ValueError(
+                f"init_codebook has shape {tuple(init_codebook.shape)}, expected ({k}, {stats.d})."
+            )
+        u = init_codebook.to(device, torch.float64)
+    else:
+        sample = uniform_sample(batches, opts.sample_size(stats.n, k), opts.seed, reducer)
+        u = greedy_kmeans_pp(
+            sample.to(device), k, _generator(opts.seed, 1), opts.local_trials(k), dtype=dtype
+        )
+        u = reducer.broadcast(u.cpu()).to(device)
+    return u / u.norm(dim=1, keepdim=True).clamp(min=1e-30)
+
+
+def _iterate(
+    batches: Any, u: torch.Tensor, stats: Any, opts: KMeansOptions, reducer: Any, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[float]]:
+    """Alternate assignment (the line of largest |projection|) and update (each line the
+    top eigenvector direction Σ_n a_n z_n of its rows) until no label changes, the relative
+    objective change is ≤ tol, or ``n_iter``; returns the lines and the objective history."""
+    k, device = u.shape[0], u.device
+    history: list[float] = []
+    labels_prev: list[torch.Tensor] | None = None
+    for _ in range(opts.n_iter):
+        ud = u.to(dtype)
+        sums = torch.zeros(k, stats.d, dtype=torch.float64, device=device)
+        explained = torch.zeros(1, dtype=torch.float64, device=device)
+        labels: list[torch.Tensor] = []
+        for z in batches():
+            lab, proj = _assign(z, ud)
+            labels.append(lab)
+            sums.index_add_(0, lab, (z * proj[:, None]).to(torch.float64))
+            explained += proj.double().square().sum()
+        packed = reducer.sum_(torch.cat([sums.flatten(), explained]))
+        sums, explained_sum = packed[:-1].view(k, stats.d), float(packed[-1])
+        history.append(stats.total_ss - explained_sum)
+        norms = sums.norm(dim=1, keepdim=True)
+        u = torch.where(norms > 0, sums / norms.clamp(min=1e-300), u)  # unused lines stay
+        stable = labels_prev is not None and all(
+            torch.equal(a, b) for a, b in zip(labels, labels_prev, strict=True)
+        )
+        labels_prev = labels
+        rel = abs(history[-2] - history[-1]) / max(history[-2], 1e-300) if len(history) > 1 else 1.0
+        if stable or rel <= opts.tol:
+            break
+    return u, history
+
+
+def _as_sae(u: torch.Tensor, mean: torch.Tensor, meta: dict[str, Any]) -> Any:
+    """SAELens's ``abstopk`` SAE with k = 1 on the lines ``u`` (encoder = decoder = u)."""
+    from sae_lens import AbsTopKSAE, AbsTopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    k, d = u.shape
     cfg = AbsTopKSAEConfig(
-        d_in=stats.d, d_sae=k, k=1, dtype="float32", device="cpu", metadata=SAEMetadata(**meta)
+        d_in=d, d_sae=k, k=1, dtype="float32", device="cpu", metadata=SAEMetadata(**meta)
     )
     sae = AbsTopKSAE(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(u.T.float().cpu())
         sae.W_dec.copy_(u.float().cpu())
         sae.b_enc.zero_()
-        sae.b_dec.copy_(stats.mean.float().cpu())
+        sae.b_dec.copy_(mean.float().cpu())
     return sae

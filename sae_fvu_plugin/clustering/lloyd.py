@@ -279,46 +279,16 @@ def lloyd(
     ``"farthest"`` moves them to the rows farthest from their centroids (scikit-learn's).
     """
     k, d = state.centroids.shape
-    dev = state.centroids.device
     sq_total: float | None = None
     n_total: float | None = None
     while state.iteration < n_iter and not state.converged:
         started = time.perf_counter()
         fresh = state.rows is None
-        fresh_sq = sq_total is None
         old = state.centroids
         assigner = Assigner(old, compute_dtype)
-        sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
-        part = torch.zeros(k, d, dtype=compute_dtype, device=dev)
-        counts = torch.zeros(k, dtype=torch.float64, device=dev)
-        changed = scored = sq_sum = 0.0
-        rows_out: list[Rows] = []
-        for i, x in enumerate(batches()):
-            prev = state.rows[i] if state.rows is not None else None
-            rows, ch, sc = assigner.update(x, prev, state.movers)
-            rows_out.append(rows)
-            changed += ch
-            scored += sc
-            if compute_dtype == torch.float64:
-                sums.index_add_(0, rows.labels, x)
-            else:
-                part.index_add_(0, rows.labels, x)
-                sums += part
-                part.zero_()
-            counts += torch.bincount(rows.labels, minlength=k).to(torch.float64)
-            if fresh_sq:  # once per fit: row sums in the compute dtype, total in float64
-                sq_sum += float(x.square().sum(1).sum(dtype=torch.float64))
-        packed = torch.cat(
-            [
-                sums.flatten(),
-                counts,
-                torch.tensor([changed, scored, sq_sum], dtype=torch.float64, device=dev),
-            ]
+        sums, counts, changed, scored, sq_sum, rows_out = _assignment_pass(
+            batches, state, assigner, compute_dtype, reducer, count_sq=sq_total is None
         )
-        reducer.sum_(packed)
-        sums = packed[: k * d].view(k, d)
-        counts = packed[k * d : k * d + k]
-        changed, scored, sq_sum = packed[k * d + k :].tolist()
         if sq_total is None:
             sq_total, n_total = sq_sum, float(counts.sum())
         # inertia of these labels against the centroids they were assigned to
@@ -326,17 +296,9 @@ def lloyd(
             sq_total - 2 * float((old * sums).sum()) + float((counts * old.square().sum(1)).sum())
         )
         new = sums / counts.clamp(min=1)[:, None]
-        empties = torch.nonzero(counts == 0).flatten()
-        left: list[int] = []
-        if len(empties) and empty == "farthest":
-            far = _farthest_rows(batches, rows_out, assigner, len(empties), reducer).to(dev)
-            new[empties[: len(far)]] = far
-            left = empties[len(far) :].tolist()
-        elif len(empties):
-            gen = _generator(seed, 31, state.iteration)
-            left = split_clusters(new, counts, empties, gen)
-        if left:
-            new[left] = old[left]
+        refill_empty(
+            new, old, counts, empty, seed, state.iteration, batches, rows_out, assigner, reducer
+        )
         drift = (new - old).square().sum(1)
         shift = float(drift.sum())
         drift = drift.sqrt_()
@@ -356,6 +318,81 @@ def lloyd(
     result = final_assignment(batches, state, compute_dtype, reducer)
     result.sq_total = sq_total
     return result
+
+
+def _assignment_pass(
+    batches: Batches,
+    state: LloydState,
+    assigner: Assigner,
+    compute_dtype: torch.dtype,
+    reducer: LocalReducer,
+    *,
+    count_sq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, float, float, float, list[Rows]]:
+    """One pass over the data: each row's label (rescoring only rows whose bounds allow a
+    move), the per-cluster sums and counts (summed over ranks), labels changed, rows
+    scored and — with ``count_sq``, once per fit — Σ_n ‖z_n‖²."""
+    k, d = state.centroids.shape
+    dev = state.centroids.device
+    sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
+    part = torch.zeros(k, d, dtype=compute_dtype, device=dev)
+    counts = torch.zeros(k, dtype=torch.float64, device=dev)
+    changed = scored = sq_sum = 0.0
+    rows_out: list[Rows] = []
+    for i, x in enumerate(batches()):
+        prev = state.rows[i] if state.rows is not None else None
+        rows, ch, sc = assigner.update(x, prev, state.movers)
+        rows_out.append(rows)
+        changed += ch
+        scored += sc
+        if compute_dtype == torch.float64:
+            sums.index_add_(0, rows.labels, x)
+        else:
+            part.index_add_(0, rows.labels, x)
+            sums += part
+            part.zero_()
+        counts += torch.bincount(rows.labels, minlength=k).to(torch.float64)
+        if count_sq:  # row sums in the compute dtype, total in float64
+            sq_sum += float(x.square().sum(1).sum(dtype=torch.float64))
+    packed = torch.cat(
+        [
+            sums.flatten(),
+            counts,
+            torch.tensor([changed, scored, sq_sum], dtype=torch.float64, device=dev),
+        ]
+    )
+    reducer.sum_(packed)
+    changed, scored, sq_sum = packed[k * d + k :].tolist()
+    return packed[: k * d].view(k, d), packed[k * d : k * d + k], changed, scored, sq_sum, rows_out
+
+
+def refill_empty(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    counts: torch.Tensor,
+    empty: str,
+    seed: int,
+    iteration: int,
+    batches: Batches,
+    rows_out: list[Rows],
+    assigner: Assigner,
+    reducer: LocalReducer,
+) -> None:
+    """Refill the empty clusters of ``new`` in place, the same way on every rank:
+    ``"farthest"`` takes the rows farthest from their centroids (scikit-learn's rule),
+    ``"split"`` splits populous clusters (faiss's rule); a cluster left empty keeps its
+    old centroid."""
+    empties = torch.nonzero(counts == 0).flatten()
+    if not len(empties):
+        return
+    if empty == "farthest":
+        far = _farthest_rows(batches, rows_out, assigner, len(empties), reducer).to(new.device)
+        new[empties[: len(far)]] = far
+        left = empties[len(far) :].tolist()
+    else:
+        left = split_clusters(new, counts, empties, _generator(seed, 31, iteration))
+    if left:
+        new[left] = old[left]
 
 
 def final_assignment(
