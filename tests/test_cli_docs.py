@@ -12,23 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_result
 
 from sae_fvu_plugin.cli import build_parser, main
-
-
-def fake_result(path, ev, reps):
-    prov = {"tokens": 100, "batches": 2, "bootstrap": 3, "seed": 0, "units_fingerprint": "ab"}
-    rq = {
-        "explained_variance_by_definition": {"fvu_a": ev},
-        "explained_variance_ci": {"fvu_a": [ev - 0.1, ev + 0.1]},
-        "explained_variance_ci_level": 0.95,
-        "explained_variance_replicates": {"fvu_a": reps},
-        "explained_variance_provenance": {"fvu_a": prov},
-    }
-    path.write_text(
-        __import__("json").dumps({"eval_result_metrics": {"reconstruction_quality": rq}})
-    )
-    return str(path)
 
 
 def test_console_script_exits_zero(tmp_path, capsys):

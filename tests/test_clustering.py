@@ -12,17 +12,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import META
 from sae_bench.evals.core import main as core
 from sae_lens import SAE
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.decomposition import PCA
-from tiny import CTX, HOOK, SPECIAL, collect, make_store, tiny_dataset, tiny_model
+from tiny import CTX, SPECIAL, collect, make_store
 
 from sae_fvu_plugin import saebench as fsb
 from sae_fvu_plugin.clustering import (
     ClusteringSAE,
     KMeansOptions,
-    collect_activations,
     fit_kmeans,
     fit_pca_kmeans,
     fit_residual_kmeans,
@@ -522,22 +522,6 @@ def test_load_errors(x, tmp_path):
 # ---------------------------------------------------------------- SAEBench core eval
 
 
-@pytest.fixture(scope="module")
-def lm():
-    model, ds = tiny_model(offset=2.0, seed=4), tiny_dataset(n=64, seed=4)
-    acts = collect_activations(
-        model,
-        ds,
-        HOOK,
-        1500,
-        context_size=CTX,
-        batch_prompts=4,
-        drop_first_position=True,
-        progress=False,
-    )
-    return model, ds, acts
-
-
 def everything(n_batches=3):
     return fsb.FVUCoreEvalConfig(
         compute_kl=True,
@@ -553,15 +537,6 @@ def everything(n_batches=3):
         context_size=CTX,
         explained_variance_report=["fvu_b", "fvu_per_dim"],
     )
-
-
-META = dict(
-    model_name="tiny-random",
-    hook_name=HOOK,
-    context_size=CTX,
-    dataset_path="in-memory",
-    prepend_bos=False,
-)
 
 
 @pytest.mark.parametrize("kind", ["kmeans", "pca_kmeans", "residual_kmeans"])

@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import META
 from sae_bench.evals.core import main as core
 from sae_lens import SAE
-from tiny import CTX, HOOK, SPECIAL, make_store, tiny_dataset, tiny_model
+from tiny import CTX, SPECIAL, make_store
 
 from sae_fvu_plugin import explained_variance
 from sae_fvu_plugin import saebench as fsb
-from sae_fvu_plugin.clustering import collect_activations, fit_kmeans
+from sae_fvu_plugin.clustering import fit_kmeans
 from sae_fvu_plugin.clustering.codebook_saes import (
     codebook_of,
     matching_pursuit_from_codebook,
@@ -24,30 +25,13 @@ from sae_fvu_plugin.experiments.config import FrontierConfig
 from sae_fvu_plugin.experiments.frontier_summary import l0_to_match, summarize
 from sae_fvu_plugin.experiments.methods.saes import plateaued
 
-META = dict(
-    model_name="tiny-random",
-    hook_name=HOOK,
-    context_size=CTX,
-    dataset_path="in-memory",
-    prepend_bos=False,
-)
+LM_SEED = 7
 
 
 @pytest.fixture(scope="module")
-def lm():
-    model, ds = tiny_model(offset=2.0, seed=7), tiny_dataset(n=64, seed=7)
-    acts = collect_activations(
-        model,
-        ds,
-        HOOK,
-        1500,
-        context_size=CTX,
-        batch_prompts=4,
-        drop_first_position=True,
-        progress=False,
-    )
-    km = fit_kmeans(acts, 32, n_iter=10, progress=False, metadata=META)
-    return model, ds, acts, km
+def km(lm):
+    """k-means with 32 centroids on the module's activations."""
+    return fit_kmeans(lm[2], 32, n_iter=10, progress=False, metadata=META)
 
 
 def saebench(sae, model, ds, n_batches=3):
@@ -68,8 +52,8 @@ def saebench(sae, model, ds, n_batches=3):
     return metrics
 
 
-def test_top1_gain_is_never_worse_than_kmeans_on_its_codebook(lm):
-    model, ds, acts, km = lm
+def test_top1_gain_is_never_worse_than_kmeans_on_its_codebook(lm, km):
+    model, ds, acts = lm
     mean, dirs = codebook_of(km)
     top1 = topk_from_codebook(mean, dirs, META)
     x = acts.float()
@@ -85,8 +69,8 @@ def test_top1_gain_is_never_worse_than_kmeans_on_its_codebook(lm):
     assert ev_top1 >= ev_km
 
 
-def test_klines_objective_never_increases_and_beats_its_start(lm, tmp_path):
-    model, ds, acts, km = lm
+def test_klines_objective_never_increases_and_beats_its_start(lm, km, tmp_path):
+    model, ds, acts = lm
     mean, dirs = codebook_of(km)
     kl = fit_klines(acts, 32, init_codebook=dirs, n_iter=15, progress=False, metadata=META)
     hist = kl.cfg.metadata.fit["objective_history"]
@@ -108,8 +92,8 @@ def test_klines_objective_never_increases_and_beats_its_start(lm, tmp_path):
     assert saebench(back, model, ds)["sparsity"]["l0"] <= 1.0
 
 
-def test_matching_pursuit_over_the_codebook(lm):
-    model, ds, acts, km = lm
+def test_matching_pursuit_over_the_codebook(lm, km):
+    model, ds, acts = lm
     mean, dirs = codebook_of(km)
     evs = []
     for m in (1, 2, 4):
@@ -125,7 +109,7 @@ def test_saelens_trained_saes_through_saebench(lm, kind, k):
     from sae_fvu_plugin.experiments.methods.saes import train
     from sae_fvu_plugin.experiments.points import FitInput, Point
 
-    model, ds, acts, _ = lm
+    model, ds, acts = lm
     cfg = FrontierConfig(
         sae_batch_tokens=256,
         sae_eval_every=256 * 20,

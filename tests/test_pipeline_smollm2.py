@@ -13,10 +13,9 @@ import torch
 from sae_fvu_plugin.cli import run as clustering_cli
 from sae_fvu_plugin.clustering import load_clustering_sae
 from sae_fvu_plugin.data import AUSTEN_NOVELS, load_austen, load_model, split_contexts
-from sae_fvu_plugin.experiments.config import SweepConfig
+from sae_fvu_plugin.experiments.config import FrontierConfig, SweepConfig
 from sae_fvu_plugin.experiments.runner import run_experiment
 from sae_fvu_plugin.experiments.sweep import SWEEP
-from sae_fvu_plugin.experiments.config import FrontierConfig
 
 TOY = dict(
     layers=[1, 3],

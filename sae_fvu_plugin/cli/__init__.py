@@ -106,10 +106,11 @@ def _main(argv: list[str] | None) -> Any:
 
         return compare_command(args.results)
     if args.command in ("sweep", "frontier"):
+        from ..experiments.frontier import FRONTIER
         from ..experiments.runner import run_experiment
-        from ..experiments.specs import SPECS
+        from ..experiments.sweep import SWEEP
 
-        return run_experiment(SPECS[args.command], cmd)
+        return run_experiment(SWEEP if args.command == "sweep" else FRONTIER, cmd)
     from .eval import eval_command
 
     return eval_command(cmd)

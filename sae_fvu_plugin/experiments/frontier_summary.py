@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 from ..bootstrap import paired_interval
-from .report import DEFS
+from .report import DEFS, aligned, half_width
+
+Rows = list[dict[str, Any]]
 
 
 def _curve(
@@ -247,3 +249,60 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"[{lo:+.4f}, {hi:+.4f}]" + ("  better" if b["beats_kmeans"] else "")
             )
     return "\n".join(lines)
+
+
+def format_table(rows: Rows) -> str:
+    head = ["layer", "data", "method", "params", "L0", "fvu_a", "±", "fvu_b", "fvu_per_dim"]
+    table = [head + ["SAEBench 0.6.0", "passes"]]
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["layer"], r["source"] != "real", r["family"], r["method"], r["l0"] or 0)
+
+    for r in sorted(rows, key=order):
+        params = ",".join(
+            f"{k}={v:g}"
+            for k, v in r["params"].items()
+            if k not in ("d_sae", "n_clusters") or r["method"] == "residual_kmeans"
+        )
+        table.append(
+            [
+                str(r["layer"]),
+                r["source"],
+                r["method"],
+                params,
+                f"{r['l0']:.1f}" if r["l0"] is not None else "-",
+                f"{r['ev_fvu_a']:.4f}",
+                half_width(r, "fvu_a"),
+                *(f"{r[f'ev_{d}']:.4f}" for d in DEFS[1:]),
+                "-" if r.get("passes") is None else f"{r['passes']:.1f}",
+            ]
+        )
+    return aligned(
+        "\nExplained variance (1 − FVU) on held-out tokens, SAEBench core eval + plugin "
+        "(± = half the 95 % interval)",
+        table,
+    )
+
+
+CSV_COLUMNS = (
+    "layer",
+    "source",
+    "method",
+    "family",
+    "params",
+    "d_sae",
+    "l0_nominal",
+    "l0",
+    "n_tokens",
+    "tokens_seen",
+    "passes",
+    "fit_seconds",
+    *(f"ev_{d}" for d in DEFS),
+    "kl_div_score",
+    "ce_loss_score",
+    "cossim",
+    "mse",
+    "plateaued",
+    "dead_latents",
+    "dense_latents",
+)
