@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import importlib.metadata
 import inspect
+import math
 import sys
 import threading
 import warnings
@@ -277,12 +278,34 @@ class BatchFeeder:
             quality["explained_variance_replicates"] = {}
             for n in names:
                 lo, hi = ci[n]
-                quality["explained_variance_ci"][n] = [1.0 - hi, 1.0 - lo]
-                quality["explained_variance_replicates"][n] = (1.0 - reps[n]).tolist()
+                why = interval_problem(self.acc.n_units, reps[n])
+                if why:
+                    warnings.warn(
+                        f"sae_fvu_plugin ({self.library}): no interval for {n}: {why}.",
+                        FVUWarning,
+                        stacklevel=2,
+                    )
+                    quality.setdefault("explained_variance_ci_note", {})[n] = why
+                quality["explained_variance_ci"][n] = None if why else [1.0 - hi, 1.0 - lo]
+                quality["explained_variance_replicates"][n] = [
+                    v if math.isfinite(v) else None for v in (1.0 - reps[n]).tolist()
+                ]
             quality["explained_variance_ci_level"] = sel.ci_level
             quality["explained_variance_bootstrap"] = self.acc.bootstrap
             quality["explained_variance_bootstrap_seed"] = self.acc.seed
         return quality
+
+
+def interval_problem(n_units: int, replicates: torch.Tensor) -> str:
+    """Why no bootstrap interval can be given ('' if one can): fewer than two resampling
+    units (every replicate would be the same: a zero-width interval), or replicates that
+    are not all finite (a degenerate resample)."""
+    if n_units < 2:
+        return f"{n_units} resampling unit(s) (eval contexts); an interval needs at least 2"
+    bad = int((~torch.isfinite(replicates)).sum())
+    if bad:
+        return f"{bad} of {replicates.numel()} bootstrap replicates are not finite"
+    return ""
 
 
 class Proxy:
@@ -460,25 +483,39 @@ class Integration:
         self,
         default_definition: str = DEFAULT_DEFINITION,
         default_report: Sequence[str] = (),
+        *,
         bootstrap: int | None = None,
         ci_level: float | None = None,
     ) -> None:
+        """Make the library's eval report ``explained_variance`` under a chosen definition,
+        process-wide. An extended config (``FVUCoreEvalConfig``, ``FVUEvalConfig``) carries
+        its own choice; a stock config gets these defaults. Checks the installed library
+        first. Idempotent; calling it again updates the defaults."""
         sel = self._selection(default_definition, default_report, bootstrap, ci_level)
         self.patch.enable()
         self.global_defaults = sel
 
     def disable(self) -> None:
+        """Restore the stock library (idempotent; blocks inside ``enabled()`` keep the
+        patch until they exit)."""
         self.patch.disable()
         self.global_defaults = Selection()
+
+    def is_enabled(self) -> bool:
+        """Whether the patch is in place (globally or inside an ``enabled()`` block)."""
+        return self.patch.is_enabled
 
     @contextmanager
     def enabled(
         self,
         default_definition: str = DEFAULT_DEFINITION,
         default_report: Sequence[str] = (),
+        *,
         bootstrap: int | None = None,
         ci_level: float | None = None,
     ) -> Iterator[None]:
+        """``with enabled(): ...`` — on for the block; the defaults apply to this thread /
+        context only; the patch stays while any block (or a global ``enable()``) needs it."""
         sel = self._selection(default_definition, default_report, bootstrap, ci_level)
         self.patch.acquire()
         token = self._scoped_defaults.set(sel)

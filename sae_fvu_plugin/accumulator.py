@@ -130,6 +130,7 @@ class FVUAccumulator:
 
     n_tokens = property(lambda self: self._tally.n_tokens, doc="Tokens counted so far.")
     n_batches = property(lambda self: self._tally.n_batches, doc="Batches counted so far.")
+    n_units = property(lambda self: self._tally.n_units, doc="Bootstrap units counted so far.")
 
     def _header(self) -> dict[str, Any]:
         return {

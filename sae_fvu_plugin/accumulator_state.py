@@ -46,6 +46,7 @@ class Tally:
     dtypes: set[str] = field(default_factory=set)
     batch_tokens: list[int] = field(default_factory=list)
     sources: set[str] = field(default_factory=set)
+    n_units: int = 0  # distinct bootstrap units counted (0 without the bootstrap)
 
     @property
     def n_tokens(self) -> int:
@@ -81,6 +82,7 @@ class Tally:
             dtypes=self.dtypes | other.dtypes,
             batch_tokens=self.batch_tokens + other.batch_tokens,
             sources=self.sources | other.sources,
+            n_units=self.n_units + other.n_units,
         )
 
     def check_update(self, width: int) -> None:
@@ -125,6 +127,7 @@ class Tally:
             "batch_tokens": list(self.batch_tokens),
             "reduced": self.reduced,
             "sources": sorted(self.sources),
+            "n_units": self.n_units,
         }
 
 
@@ -197,7 +200,11 @@ def _bookkeeping(saved: dict[str, Any]) -> dict[str, Any]:
     sources = saved.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise _bad("sources must be a list of accumulator ids")
+    n_units = saved.get("n_units", 0)
+    if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 0:
+        raise _bad(f"n_units must be a non-negative int, got {n_units!r}")
     return dict(
+        n_units=n_units,
         next_unit=next_unit,
         unit_hash=unit_hash,
         reduced=saved["reduced"],
@@ -293,6 +300,7 @@ def batch_tally(
             x64, x64 - hk.to(torch.float64), uk, weights_of, keys, bootstrap
         )
         part.unit_hash = unit_hash(uk)
+        part.n_units = int(torch.unique(uk).numel())
     part.batch_tokens = [part.n_tokens]
     return part
 

@@ -52,7 +52,8 @@ def _check_fields(p: Path, rq: dict[str, Any]) -> None:
     evs = rq["explained_variance_by_definition"]
     if not isinstance(evs, dict) or not evs:
         raise UsageError(f"{p}: explained_variance_by_definition must map definitions to values.")
-    level = rq.get("explained_variance_ci_level", 0.95)
+    level = rq.get("explained_variance_ci_level")
+    level = 0.95 if level is None else level
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise UsageError(f"{p}: explained_variance_ci_level must be in (0, 1), got {level!r}.")
     reps = rq.get("explained_variance_replicates") or {}
@@ -60,10 +61,11 @@ def _check_fields(p: Path, rq: dict[str, Any]) -> None:
         raise UsageError(f"{p}: explained_variance_replicates must map definitions to lists.")
     for name, values in reps.items():
         if not isinstance(values, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
         ):
             raise UsageError(
-                f"{p}: explained_variance_replicates[{name!r}] must be a list of numbers."
+                f"{p}: explained_variance_replicates[{name!r}] must be a list of numbers "
+                "(null where a replicate is undefined)."
             )
 
 
@@ -79,7 +81,7 @@ def pairing_problem(a: dict[str, Any], b: dict[str, Any], name: str) -> str:
             return (
                 f"{side} has no bootstrap replicates of {name} (explained_variance_bootstrap = 0)"
             )
-        if len(reps) < 2 or not all(math.isfinite(v) for v in reps):
+        if len(reps) < 2 or not all(v is not None and math.isfinite(v) for v in reps):
             return f"{side}'s replicates of {name} are fewer than 2 or not all finite"
     pa = (a.get("explained_variance_provenance") or {}).get(name, {})
     pb = (b.get("explained_variance_provenance") or {}).get(name, {})

@@ -173,6 +173,7 @@ def rows_paired_interval(
     rb = (b.get("ev_replicates") or {}).get(defn)
     if not ra or not rb or len(ra) != len(rb):
         return math.nan, math.nan
+    ra, rb = ([math.nan if v is None else v for v in r] for r in (ra, rb))
     return paired_interval(a[f"ev_{defn}"] - b[f"ev_{defn}"], ra, rb, level)
 
 

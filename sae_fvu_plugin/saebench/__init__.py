@@ -15,10 +15,7 @@ to the block and to the current thread / context (see :mod:`sae_fvu_plugin._inte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-
-from .._integration import DEFAULT_DEFINITION, UnsupportedVersionError
+from .._integration import UnsupportedVersionError
 from .cli import SCHEMA_PATH, arg_parser, main, write_schema
 from .config import (
     FVUCoreEvalConfig,
@@ -51,37 +48,9 @@ __all__ = [
 ]
 
 
-def enable(
-    default_definition: str = DEFAULT_DEFINITION,
-    default_report: Sequence[str] = (),
-    *,
-    bootstrap: int | None = None,
-    ci_level: float | None = None,
-) -> None:
-    """Make SAEBench's core eval report ``explained_variance`` under a chosen definition,
-    process-wide. An :class:`FVUCoreEvalConfig` carries its own choice; a stock
-    ``CoreEvalConfig`` (as ``multiple_evals`` builds) gets these defaults. Checks the
-    installed SAEBench first. Idempotent; calling it again updates the defaults."""
-    SAEBENCH.enable(default_definition, default_report, bootstrap, ci_level)
-
-
-def disable() -> None:
-    """Restore stock SAEBench (idempotent; blocks inside ``enabled()`` keep it on until
-    they exit)."""
-    SAEBENCH.disable()
-
-
-def is_enabled() -> bool:
-    return SAEBENCH.patch.is_enabled
-
-
-def enabled(
-    default_definition: str = DEFAULT_DEFINITION,
-    default_report: Sequence[str] = (),
-    *,
-    bootstrap: int | None = None,
-    ci_level: float | None = None,
-) -> AbstractContextManager[None]:
-    """``with enabled(): ...`` — on for the block; the defaults apply to this thread /
-    context only; the patch stays while any block (or a global ``enable()``) needs it."""
-    return SAEBENCH.enabled(default_definition, default_report, bootstrap, ci_level)
+# The opt-in itself: the same four functions for SAEBench and SAELens (one implementation,
+# :class:`sae_fvu_plugin._integration.Integration`), bound to this library's patch.
+enable = SAEBENCH.enable
+disable = SAEBENCH.disable
+is_enabled = SAEBENCH.is_enabled
+enabled = SAEBENCH.enabled

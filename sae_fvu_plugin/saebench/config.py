@@ -73,7 +73,8 @@ class FVUCoreEvalConfig(CoreEvalConfig):
     explained_variance_ci_level: float = Field(
         default=DEFAULT_CI_LEVEL,
         title="Explained Variance Interval Level",
-        description="Coverage of the percentile bootstrap interval `explained_variance_ci`.",
+        description="Coverage of the bootstrap interval `explained_variance_ci` (the normal "
+        "interval: estimate ± z·sd of the replicates).",
     )
     explained_variance_seed: int = Field(
         default=0,
@@ -112,6 +113,7 @@ _MAPPINGS = {
     "explained_variance_ci",
     "explained_variance_replicates",
     "explained_variance_provenance",
+    "explained_variance_ci_note",
 }
 
 
@@ -137,10 +139,18 @@ class FVUReconstructionQualityMetrics(ReconstructionQualityMetrics):
         description="Tokens left out of explained variance by "
         "`explained_variance_exclude_norm_above` (0 when unset).",
     )
-    explained_variance_ci: dict[str, list[float]] = Field(
+    explained_variance_ci: dict[str, list[float] | None] = Field(
         default_factory=dict,
         title="Explained Variance Interval",
-        description="{definition: [low, high]}: percentile bootstrap interval of 1 − FVU.",
+        description="{definition: [low, high]}: bootstrap interval of 1 − FVU (estimate ± "
+        "z·sd of the replicates); null where none can be given (see "
+        "`explained_variance_ci_note`).",
+    )
+    explained_variance_ci_note: dict[str, str] = Field(
+        default_factory=dict,
+        title="Explained Variance Interval Note",
+        description="{definition: why its interval is null}: fewer than two eval contexts, "
+        "or replicates that are not all finite.",
     )
     explained_variance_ci_level: float | None = Field(
         default=None, title="Interval Level", description="Coverage of `explained_variance_ci`."
@@ -151,7 +161,7 @@ class FVUReconstructionQualityMetrics(ReconstructionQualityMetrics):
     explained_variance_bootstrap_seed: int | None = Field(
         default=None, title="Bootstrap Seed", description="Seed of the bootstrap weights."
     )
-    explained_variance_replicates: dict[str, list[float]] = Field(
+    explained_variance_replicates: dict[str, list[float | None]] = Field(
         default_factory=dict,
         title="Explained Variance Replicates",
         description="{definition: the B bootstrap values of 1 − FVU}, for paired comparisons "

@@ -136,16 +136,20 @@ def run_core_eval(
                 str(out_json),
                 sae,
             )
-            if extra or skipped:
-                saved = json.loads(Path(out_json).read_text())
-                for g in skipped:
-                    saved["eval_result_metrics"][g] = None
-                if skipped:
-                    saved["not_computed"] = {
-                        g: "compute_kl / compute_ce_loss were off in this eval config"
-                        for g in skipped
-                    }
-                Path(out_json).write_text(json.dumps(saved | (extra or {}), indent=2))
+            saved = json.loads(Path(out_json).read_text())
+            # SAEBench saves NaN as -1; the plugin's numbers keep NaN as null (the reason is
+            # in explained_variance_note / explained_variance_ci_note)
+            rq = metrics.get("reconstruction_quality") or {}
+            saved["eval_result_metrics"]["reconstruction_quality"].update(
+                {k: _nan_to_null(v) for k, v in rq.items() if k.startswith("explained_variance")}
+            )
+            for g in skipped:
+                saved["eval_result_metrics"][g] = None
+            if skipped:
+                saved["not_computed"] = {
+                    g: "compute_kl / compute_ce_loss were off in this eval config" for g in skipped
+                }
+            Path(out_json).write_text(json.dumps(saved | (extra or {}), indent=2))
     return result
 
 
@@ -154,3 +158,14 @@ _SKIPPABLE = {
     "model_behavior_preservation": _out.ModelBehaviorPreservationMetrics,
     "model_performance_preservation": _out.ModelPerformancePreservationMetrics,
 }
+
+
+def _nan_to_null(value: Any) -> Any:
+    """A JSON-safe copy with every non-finite float as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_null(v) for v in value]
+    return value

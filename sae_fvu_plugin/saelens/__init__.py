@@ -15,10 +15,7 @@ SAELens's own ``explained_variance`` is ``fvu_a`` (float32 per-batch sums) and i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-
-from .._integration import DEFAULT_DEFINITION, UnsupportedVersionError
+from .._integration import UnsupportedVersionError
 from .config import FVUEvalConfig
 from .patch import SAELENS, FVUExplainedVarianceCalculator, check_upstream
 
@@ -34,34 +31,9 @@ __all__ = [
 ]
 
 
-def enable(
-    default_definition: str = DEFAULT_DEFINITION,
-    default_report: Sequence[str] = (),
-    *,
-    bootstrap: int | None = None,
-    ci_level: float | None = None,
-) -> None:
-    """Make SAELens's eval report ``explained_variance`` under a chosen definition,
-    process-wide (an :class:`FVUEvalConfig` carries its own; a stock ``EvalConfig`` gets
-    these defaults). Checks the installed SAELens first. Idempotent."""
-    SAELENS.enable(default_definition, default_report, bootstrap, ci_level)
-
-
-def disable() -> None:
-    """Restore stock SAELens everywhere (idempotent)."""
-    SAELENS.disable()
-
-
-def is_enabled() -> bool:
-    return SAELENS.patch.is_enabled
-
-
-def enabled(
-    default_definition: str = DEFAULT_DEFINITION,
-    default_report: Sequence[str] = (),
-    *,
-    bootstrap: int | None = None,
-    ci_level: float | None = None,
-) -> AbstractContextManager[None]:
-    """``with enabled(): ...`` — on for the block, defaults for this thread / context."""
-    return SAELENS.enabled(default_definition, default_report, bootstrap, ci_level)
+# The opt-in itself: the same four functions for SAEBench and SAELens (one implementation,
+# :class:`sae_fvu_plugin._integration.Integration`), bound to this library's patch.
+enable = SAELENS.enable
+disable = SAELENS.disable
+is_enabled = SAELENS.is_enabled
+enabled = SAELENS.enabled
