@@ -77,10 +77,17 @@ def check_norm_threshold(value: Any) -> float | None:
 
 
 def check_bootstrap(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value == 1:
         raise ValueError(
-            f"explained_variance_bootstrap must be a non-negative int (0 = no intervals), got {value!r}."
+            "explained_variance_bootstrap must be 0 (no intervals) or an int ≥ 2 (replicates; "
+            f"100 is the default), got {value!r}."
         )
+    return value
+
+
+def check_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"explained_variance_seed must be an int in [0, 2**63), got {value!r}.")
     return value
 
 
@@ -127,7 +134,7 @@ class Selection:
                 ),
                 check_bootstrap(getattr(config, "explained_variance_bootstrap", default.bootstrap)),
                 check_ci_level(getattr(config, "explained_variance_ci_level", default.ci_level)),
-                int(getattr(config, "explained_variance_seed", default.seed)),
+                check_seed(getattr(config, "explained_variance_seed", default.seed)),
             )
         return cls(
             default.definition,

@@ -56,6 +56,13 @@ def run(rank: int, world: int, port: int, out: str, case: str) -> None:
             acts, 10, init=init_centroids(), n_iter=8, tol=0.0, progress=False, checkpoint=ck
         )
         res["extended"] = (b.W_enc.T.double(), a.cfg.metadata.inertia)
+        try:  # a checkpoint on rank 0 only: the same clear error on both ranks, no hang
+            fit_kmeans(
+                acts, 10, n_iter=2, progress=False, checkpoint=f"{out}/r0.pt" if rank == 0 else None
+            )
+            res["rank0_checkpoint"] = "no error"
+        except ValueError as err:
+            res["rank0_checkpoint"] = str(err)
         torch.save(res, f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -165,3 +165,20 @@ def test_documented_make_targets_and_scripts_exist():
             assert target in targets, (doc, target)
         for script in re.findall(r"(benchmarks/\w+\.py|scripts/\w+\.(?:py|sh))", text):
             assert (ROOT / script).is_file(), (doc, script)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    from sae_fvu_plugin.cli.flags import Interrupted, run_main
+
+    def fit_stopped(argv):
+        raise Interrupted("progress is saved in /x/.km.ckpt; run the same command again")
+
+    def anything_stopped(argv):
+        raise KeyboardInterrupt
+
+    for body, match in ((fit_stopped, "saved in /x/.km.ckpt"), (anything_stopped, "again")):
+        with pytest.raises(SystemExit) as err:
+            run_main(body, [])
+        assert err.value.code == 130
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("interrupted:") and match in lines[0]

@@ -330,6 +330,11 @@ def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
     tamper(no_rows, "rows for")
     tamper(bad_labels, "labels outside")
     tamper(bad_iteration, "outside")
+
+    def other_finite_centroids(p):  # well-formed, but not the numbers the fit wrote
+        p["current"]["lloyd"]["centroids"] += 1.0
+
+    tamper(other_finite_centroids, "does not match its recorded content hash")
     assert good["current"]["lloyd"]["iteration"] >= 1
     ck.write_bytes(ck.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
@@ -426,6 +431,9 @@ def test_distributed_fit_equals_single_process(two_ranks, case):
     from _dist_clustering import blobs, init_centroids
 
     ranks = two_ranks[case]
+    for r in ranks:
+        why = r.pop("rank0_checkpoint")
+        assert "disagree on the fit options" in why and "'checkpoint': True" in why, why
     for name in ranks[0]:  # every rank returns the same model
         assert torch.equal(ranks[0][name][0], ranks[1][name][0]), name
     x = blobs()

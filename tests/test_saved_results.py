@@ -55,3 +55,20 @@ def test_one_eval_context_gives_no_interval_and_a_warning(tmp_path):
     assert saved["explained_variance_ci"] == {"fvu_a": None, "fvu_b": None}
     assert "1 resampling unit" in saved["explained_variance_ci_note"]["fvu_a"]
     assert isinstance(saved["explained_variance"], float)  # the estimate itself stands
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        (
+            "explained_variance_seed",
+            -1,
+            r"explained_variance_seed must be an int in \[0, 2\*\*63\)",
+        ),
+        ("explained_variance_seed", 2**70, "explained_variance_seed must be an int"),
+        ("explained_variance_bootstrap", 1, "0 \\(no intervals\\) or an int ≥ 2"),
+    ],
+)
+def test_bootstrap_settings_are_checked_when_the_config_is_built(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        fsb.FVUCoreEvalConfig(**{field: value})

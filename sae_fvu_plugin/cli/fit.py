@@ -16,6 +16,7 @@ from typing import Any
 
 from ..kmeans_options import KMeansOptions
 from .commands import FitCommand
+from .flags import Interrupted
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -86,12 +87,22 @@ def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
     if options.checkpoint is None:
         options = KMeansOptions.build(options, checkpoint=str(out.parent / f".{out.name}.ckpt"))
     common: dict[str, Any] = dict(options=options, provenance=provenance)
-    if cmd.n_pca:
-        sae = fit_pca_kmeans(acts, cmd.n_clusters, cmd.n_pca, **common)
-    elif cmd.n_stages > 1:
-        sae = fit_residual_kmeans(acts, cmd.n_clusters, cmd.n_stages, **common)
-    else:
-        sae = fit_kmeans(acts, cmd.n_clusters, **common)
+    try:
+        if cmd.n_pca:
+            sae = fit_pca_kmeans(acts, cmd.n_clusters, cmd.n_pca, **common)
+        elif cmd.n_stages > 1:
+            sae = fit_residual_kmeans(acts, cmd.n_clusters, cmd.n_stages, **common)
+        else:
+            sae = fit_kmeans(acts, cmd.n_clusters, **common)
+    except KeyboardInterrupt:
+        saved = Path(str(options.checkpoint))
+        where = (
+            f"progress is saved in {saved}" if saved.exists() else "no checkpoint was written yet"
+        )
+        raise Interrupted(
+            f"{where}; run the same command again to resume where it stopped (nothing in "
+            f"{out} was written)."
+        ) from None
     if rank == 0:
         sae.to("cpu").save_model(out, overwrite=cmd.overwrite)
         if options.checkpoint is not None:

@@ -107,11 +107,22 @@ def collect(args: argparse.Namespace, cls: type, *, skip: Iterable[str] = ()) ->
     }
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a command; the message says what was kept and how to go on."""
+
+
 def run_main(main: Any, argv: list[str] | None) -> Any:
     """Call ``main(argv)``; a :class:`UsageError` (or a ``ValueError``/``TypeError`` raised
-    while validating options) becomes one line on stderr and exit status 2."""
+    while validating options) becomes one line on stderr and exit status 2; Ctrl-C one line
+    (where the progress is and how to resume) and exit status 130."""
     try:
         return main(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept; run the command again.", file=sys.stderr)
+        raise SystemExit(130) from None

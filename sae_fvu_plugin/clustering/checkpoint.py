@@ -10,6 +10,7 @@ a refused checkpoint is left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -21,7 +22,7 @@ import torch
 from .lloyd import LloydState, Rows
 from .reduce import LocalReducer
 
-FORMAT = 2
+FORMAT = 3
 KIND = "sae_fvu_plugin.clustering checkpoint"
 
 
@@ -37,16 +38,68 @@ def _fail(path: Path, what: str) -> CheckpointError:
 
 
 def save_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Temp file + rename: an interrupted save never corrupts the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    """Temp file + rename: an interrupted or failed save (disk full, read-only) never
+    touches the previous checkpoint, and says which path failed and why."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise CheckpointError(
+            f"Could not write the checkpoint {path} ({why}); the previous checkpoint, if any, "
+            "is intact. Free space or pass another checkpoint path."
+        ) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, a checkpoint path whose folder cannot be written."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if path.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(
+            f"Cannot write the checkpoint {path} ({'a folder' if path.is_dir() else 'permission denied'}); "
+            "pass a checkpoint path in a writable folder."
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CheckpointError(
+            f"Cannot overwrite the checkpoint {path} (read-only); pass another path."
+        )
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 of a payload's content (tensors by dtype, shape and bytes; everything else by
+    its repr, dict keys sorted): what binds a checkpoint to the numbers it holds."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=str):
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def state_payload(state: LloydState, reducer: LocalReducer) -> dict[str, Any]:
@@ -82,6 +135,15 @@ class Checkpoint:
         can_extend: bool,
     ) -> None:
         self.path = None if path is None else Path(path)
+        problem = ""
+        if self.path is not None and reducer.rank == 0:
+            try:
+                check_writable(self.path)
+            except CheckpointError as err:
+                problem = str(err)
+        problem = reducer.gather(problem)[0]  # the same error on every rank, before any work
+        if problem:
+            raise CheckpointError(problem)
         self.settings = settings
         self.n_iter = n_iter
         self.reducer = reducer
@@ -97,8 +159,8 @@ class Checkpoint:
                 "kind": KIND,
                 "settings": self.settings,
                 "n_iter": self.n_iter,
-            }
-            save_atomic(self.path, full | payload)
+            } | payload
+            save_atomic(self.path, full | {"content_sha256": content_digest(full)})
 
     # ------------------------------------------------------------------------ loading
 
@@ -115,6 +177,7 @@ class Checkpoint:
             raise _fail(path, "is not a sae_fvu_plugin clustering checkpoint")
         if payload.get("format") != FORMAT:
             raise _fail(path, f"has format {payload.get('format')!r}, this version reads {FORMAT}")
+        digest = payload.pop("content_sha256", None)
         saved = payload.get("settings")
         if not isinstance(saved, dict):
             raise _fail(path, "has no settings")
@@ -141,6 +204,13 @@ class Checkpoint:
             )
             raise _fail(path, f"n_iter: saved {saved_iter}, requested {self.n_iter} ({rule})")
         self._validate(payload)
+        if digest != content_digest(payload):  # finite numbers edited after the write
+            raise _fail(
+                path,
+                "does not match its recorded content hash (edited or damaged after it was written)"
+                if digest
+                else "records no content hash",
+            )
         return payload
 
     def _validate(self, payload: dict[str, Any]) -> None:

@@ -173,7 +173,8 @@ def fit_codebook(
     agree(
         reducer,
         "the fit options",
-        {k: v for k, v in settings.items() if k != "data"} | {"n_iter": options.n_iter},
+        {k: v for k, v in settings.items() if k != "data"}
+        | {"n_iter": options.n_iter, "checkpoint": options.checkpoint is not None},
     )
     pca = pca_from_stats(stats, n_pca) if n_pca else None
     basis = None if pca is None else pca.components.to(device)

@@ -24,6 +24,7 @@ from .._integration import (
     check_definition_name,
     check_norm_threshold,
     check_report_names,
+    check_seed,
 )
 from ..definitions import DEFINITIONS
 
@@ -106,6 +107,11 @@ class FVUCoreEvalConfig(CoreEvalConfig):
     @classmethod
     def _level(cls, value: float) -> float:
         return check_ci_level(value)
+
+    @field_validator("explained_variance_seed")
+    @classmethod
+    def _seed(cls, value: int) -> int:
+        return check_seed(value)
 
 
 _MAPPINGS = {
