@@ -75,6 +75,11 @@ class KMeansOptions:
         set_ = object.__setattr__
         set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
         set_(self, "tol", check_float("tol", self.tol, 0.0))
+        if not math.isfinite(self.tol):
+            raise ValueError(
+                f"tol must be a finite number ≥ 0 (e.g. 1e-4; 0 stops only when no label "
+                f"changes), got {self.tol!r}."
+            )
         if not is_tensor(self.init):
             check_choice("init", self.init, INITS)
         set_(self, "n_init", check_int("n_init", self.n_init, 1))

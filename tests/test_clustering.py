@@ -593,3 +593,46 @@ def test_stock_saebench_evaluates_clustering_sae(lm, kind):
     assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(
         1 - sse / tss, rel=1e-5
     )
+
+
+def test_a_batch_factory_whose_passes_differ_is_refused(x):
+    """A shuffled DataLoader (the same rows in another order each pass) or a generator that
+    yields fewer rows later would fit a wrong clustering: every later pass is checked."""
+    calls = {"n": 0}
+
+    def shuffled():
+        calls["n"] += 1
+        g = torch.Generator().manual_seed(calls["n"])
+        return iter(x[torch.randperm(len(x), generator=g)].split(500))
+
+    with pytest.raises(ValueError, match=r"pass 2 over the activations: batch 0 .* differs"):
+        fit_kmeans(shuffled, 5, n_iter=3, progress=False)
+
+    def shrinking():
+        calls["n"] += 1
+        return iter(x[: 3000 if calls["n"] <= 1 else 2000].split(500))
+
+    calls["n"] = 0
+    with pytest.raises(ValueError, match="yielded 4 batches, the first pass 6"):
+        fit_kmeans(shrinking, 5, n_iter=3, progress=False)
+
+    def widening():
+        calls["n"] += 1
+        return iter((x if calls["n"] <= 1 else torch.cat([x, x[:, :1]], 1)).split(500))
+
+    calls["n"] = 0
+    with pytest.raises(ValueError, match="width 17\\) differs from the first pass"):
+        fit_kmeans(widening, 5, n_iter=3, progress=False)
+
+
+def test_bad_values_name_the_fix(x):
+    with pytest.raises(
+        TypeError, match=r"numpy array of shape \(3000, 16\); pass torch.from_numpy"
+    ):
+        fit_kmeans(x.numpy(), 5, n_iter=2, progress=False)
+    with pytest.raises(ValueError, match="tol must be a finite number"):
+        fit_kmeans(x, 5, tol=float("inf"), progress=False)
+    init = x[:4].clone()
+    init[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="init holds 1 NaN/inf value"):
+        fit_kmeans(x, 4, init=init, progress=False)

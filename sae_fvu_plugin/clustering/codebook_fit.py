@@ -249,6 +249,12 @@ def fit_settings(
             raise ValueError(
                 f"init has shape {tuple(init.shape)}, expected (n_clusters, d) = ({stages[0]}, {d})."
             )
+        if not bool(torch.isfinite(init).all()):
+            bad = int((~torch.isfinite(init)).sum())
+            raise ValueError(
+                f"init holds {bad} NaN/inf value(s); pass finite initial centroids or a seeding "
+                "method ('k-means++')."
+            )
     compute_dtype = torch.float64 if stats.dtype == torch.float64 else torch.float32
     return {
         "kind": kind,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .reduce import LocalReducer
@@ -31,6 +32,10 @@ class ActivationSource:
     def __init__(self, acts: Any, batch_rows: int = DEFAULT_BATCH_ROWS) -> None:
         self._factory: Callable[[], Iterable[torch.Tensor]]
         self.in_memory = isinstance(acts, (torch.Tensor, list, tuple))
+        if isinstance(acts, np.ndarray):
+            raise TypeError(
+                f"acts is a numpy array of shape {acts.shape}; pass torch.from_numpy(acts)."
+            )
         if isinstance(acts, torch.Tensor):
             if acts.ndim < 2:
                 raise ValueError(
@@ -55,10 +60,23 @@ class ActivationSource:
                 f"iterator of tensors; got {type(acts).__name__}."
             )
 
+    _signature: list[tuple[int, int, float]] | None = None
+    _passes = 0
+
     def batches(self) -> Iterator[torch.Tensor]:
-        """The batches as (rows, d) floating-point tensors (empty batches included)."""
+        """The batches as (rows, d) floating-point tensors (empty batches included). A
+        factory's later passes are checked against its first complete one (rows, width and
+        a checksum of each batch): a pass that differs is a ``ValueError`` naming it."""
+        self._passes += 1
+        check = not self.in_memory
+        seen: list[tuple[int, int, float]] = []
         d: int | None = None
         for i, b in enumerate(self._factory()):
+            if isinstance(b, np.ndarray):
+                raise TypeError(
+                    f"activation batch {i} is a numpy array; pass torch.from_numpy(x) (or a "
+                    "list of such tensors)."
+                )
             if not isinstance(b, torch.Tensor) or not b.is_floating_point():
                 raise TypeError(
                     f"activation batch {i} is {getattr(b, 'dtype', type(b).__name__)}; "
@@ -73,7 +91,31 @@ class ActivationSource:
                 d = b.shape[1]
             elif b.shape[1] != d:
                 raise ValueError(f"activation batch {i} has width {b.shape[1]}, expected {d}.")
+            if check:
+                seen.append(self._compare(i, b, len(seen)))
             yield b
+        if check and self._signature is None:
+            self._signature = seen
+        elif check and self._signature is not None and len(seen) != len(self._signature):
+            raise ValueError(
+                f"pass {self._passes} over the activations yielded {len(seen)} batches, the "
+                f"first pass {len(self._signature)}: the batch factory must yield the same "
+                "batches in the same order on every call."
+            )
+
+    def _compare(self, i: int, b: torch.Tensor, k: int) -> tuple[int, int, float]:
+        """This batch's (rows, width, checksum), checked against the first pass."""
+        sig = (int(b.shape[0]), int(b.shape[1]), float(b[:, :16].sum(dtype=torch.float64)))
+        first = self._signature
+        if first is not None and (k >= len(first) or first[k] != sig):
+            was = "no batch" if k >= len(first) else f"rows {first[k][0]}, width {first[k][1]}"
+            raise ValueError(
+                f"pass {self._passes} over the activations: batch {i} (rows {sig[0]}, width "
+                f"{sig[1]}) differs from the first pass ({was}; or other values). The batch "
+                "factory must yield the same batches in the same order on every call (a "
+                "shuffled DataLoader does not); fix the order or collect the activations once."
+            )
+        return sig
 
 
 @dataclass
