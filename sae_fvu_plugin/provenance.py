@@ -81,6 +81,8 @@ class Provenance:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"provenance must be a JSON object, got {type(data).__name__}.")
         names = set(cls.__dataclass_fields__)
         unknown = set(data) - names
         if unknown:
@@ -125,6 +127,8 @@ class Provenance:
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> Provenance | None:
+        if metadata is not None and not hasattr(metadata, "get"):
+            raise ValueError(f"metadata must be a JSON object, got {type(metadata).__name__}.")
         raw = metadata.get("provenance") if metadata is not None else None
         return None if raw is None else cls.from_dict(raw)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..validate import UsageError
+from ..validate import UsageError, check_int
 from .commands import EvalCommand
 
 
@@ -28,6 +28,7 @@ class EvalPlan:
     dataset: str
     hook: str
     context_size: int
+    provenance: Any  # Provenance or None
 
 
 def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalPlan:
@@ -45,13 +46,23 @@ def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalP
             DEFINITIONS[name]  # UnknownDefinitionError lists the valid names
     except ValueError as err:
         raise UsageError(str(err)) from None
+    where = f"{cmd.sae}/cfg.json" if local else f"{cmd.sae}/{cmd.sae_id}"
     if metadata is None:
         metadata = (read_saved_cfg(cmd.sae) if local else {}).get("metadata") or {}
     meta = metadata
-    provenance = Provenance.from_metadata(meta)
+    if not isinstance(meta, dict):
+        raise UsageError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}.")
+    try:
+        provenance = Provenance.from_metadata(meta)
+        context_size = check_int("metadata.context_size", meta.get("context_size") or 128, 2)
+    except (ValueError, TypeError) as err:
+        raise UsageError(
+            f"{where}: {err} Restore the file or re-fit the SAE (an SAE without provenance is "
+            "evaluated with a warning that overlap cannot be checked)."
+        ) from None
     hook = meta.get("hook_name")
-    if (local or meta) and not hook:
-        raise UsageError(f"{cmd.sae}: its cfg.json names no hook_name; it cannot be evaluated.")
+    if (local or meta) and (not isinstance(hook, str) or not hook):
+        raise UsageError(f"{where} names no hook_name; it cannot be evaluated.")
     dataset = (
         cmd.dataset
         or (provenance.dataset if provenance else None)
@@ -64,7 +75,8 @@ def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalP
         model_name=cmd.model or meta.get("model_name") or OFFLINE_MODEL,
         dataset=dataset,
         hook=str(hook),
-        context_size=int(meta.get("context_size") or 128),
+        context_size=context_size,
+        provenance=provenance,
     )
 
 
@@ -76,7 +88,6 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     from ..data import load_model, split_contexts
     from ..held_out import held_out_eval
     from ..hooks import model_hook_width
-    from ..provenance import Provenance
     from ..sae_io import load_registry_sae, load_saved_sae
     from ..saebench import core_eval_config
 
@@ -93,7 +104,7 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     width = model_hook_width(model, plan.hook)
     if sae is None:
         sae = load_saved_sae(cmd.sae, device=device, expected_d_in=width)
-    provenance = Provenance.from_metadata(plan.metadata)
+    provenance = plan.provenance
     split = split_contexts(
         plan.dataset,
         model.tokenizer,
