@@ -15,6 +15,7 @@ ever set on the SAE.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import importlib.metadata
 import inspect
 import math
@@ -199,6 +200,17 @@ class BatchFeeder:
         self.seen_tokens = 0
         self.batches = 0
         self.non_finite: list[tuple[int, int, int]] = []  # (batch, entries in x, in x_hat)
+        self._tokens = hashlib.sha256()
+        self._saw_tokens = False
+        self.where: dict[str, Any] = {}  # model and hook, recorded with the provenance
+
+    def see_tokens(self, tokens: torch.Tensor) -> None:
+        """Fold one eval batch's token ids (in eval order) into the content fingerprint that
+        pairs two results: the same fingerprint means the same text, in the same order."""
+        t = tokens.detach().to("cpu", torch.int64).contiguous()
+        self._tokens.update(repr(tuple(t.shape)).encode())
+        self._tokens.update(t.numpy().tobytes())
+        self._saw_tokens = True
 
     def feed(
         self,
@@ -268,7 +280,8 @@ class BatchFeeder:
         ev = self.acc.explained_variance()
         quality["explained_variance"] = ev[sel.definition]
         quality["explained_variance_by_definition"] = {n: ev[n] for n in names}
-        prov = self.acc.provenance()
+        prov = self.acc.provenance() | self.where
+        prov["tokens_fingerprint"] = self._tokens.hexdigest()[:32] if self._saw_tokens else None
         quality["explained_variance_provenance"] = {
             n: prov
             | {

@@ -47,7 +47,16 @@ def fake_result(path, ev, reps, level=0.95, **prov_changes):
     replicates and pairing provenance (``prov_changes`` overrides provenance fields)."""
     import json
 
-    prov = {"tokens": 100, "batches": 2, "bootstrap": 3, "seed": 0, "units_fingerprint": "ab"}
+    prov = {
+        "tokens_fingerprint": "0f" * 16,
+        "model": "tiny-random",
+        "hook": "blocks.0.hook_resid_post",
+        "tokens": 100,
+        "batches": 2,
+        "bootstrap": 3,
+        "seed": 0,
+        "units_fingerprint": "ab",
+    }
     rq = {
         "explained_variance_by_definition": {"fvu_a": ev},
         "explained_variance_ci": {"fvu_a": [ev - 0.1, ev + 0.1]},

@@ -82,3 +82,42 @@ def test_intervals_are_labelled_with_their_own_levels(tmp_path, capsys):
     mean = sum(diffs) / 3
     sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
     assert est == pytest.approx(0.1) and hi - est == pytest.approx(1.959964 * sd, rel=1e-5)
+
+
+def test_evals_of_different_text_with_equal_counts_are_not_paired(tmp_path, capsys):
+    """Two SAEBench evals of the same SAE on different text (same token and batch counts,
+    same seed, same context numbering) print no paired difference."""
+    from tiny import CTX, SPECIAL, standard_sae, tiny_dataset, tiny_model
+
+    from sae_fvu_plugin import saebench as fsb
+
+    model = tiny_model(offset=2.0, seed=3)
+    cfg = fsb.core_eval_config(
+        n_eval_batches=2,
+        n_reconstruction_batches=1,
+        batch_size_prompts=4,
+        context_size=CTX,
+        explained_variance_bootstrap=20,
+    )
+    paths = []
+    for seed in (3, 4):
+        out = tmp_path / f"text{seed}.json"
+        fsb.run_core_eval(
+            standard_sae(seed=1),
+            model,
+            tiny_dataset(seed=seed),
+            cfg,
+            ignore_tokens=set(SPECIAL),
+            out_json=out,
+        )
+        paths.append(str(out))
+    provs = [
+        json.loads(open(p).read())["eval_result_metrics"]["reconstruction_quality"][
+            "explained_variance_provenance"
+        ]["fvu_a"]
+        for p in paths
+    ]
+    assert provs[0]["batches"] == provs[1]["batches"] and provs[0]["seed"] == provs[1]["seed"]
+    assert provs[0]["units_fingerprint"] == provs[1]["units_fingerprint"]
+    assert provs[0]["hook"] == "blocks.0.hook_resid_post"
+    refused(capsys, paths[0], paths[1], "tokens_fingerprint differs")

@@ -3,8 +3,10 @@ bootstrap replicates) side by side, per definition, with the paired difference a
 interval — or why the two cannot be paired.
 
 Paired means: the same eval tokens, resampled with the same weights. The result JSONs
-record, per definition, the tokens counted, the eval batches, the bootstrap B and seed and
-a fingerprint of the units (eval contexts); all must agree. The difference's interval is
+record, per definition, a fingerprint of the eval tokens' content (sha256 of the token ids
+in eval order), the model and hook, the tokens counted, the eval batches, the bootstrap B
+and seed and a fingerprint of the units (eval contexts); all must agree, and a result that
+lacks any of them is not paired. The difference's interval is
 :func:`sae_fvu_plugin.bootstrap.paired_interval` of the replicates. A result whose
 estimate or replicates are not finite numbers is refused, never computed with.
 """
@@ -18,7 +20,16 @@ from typing import Any
 
 from ..validate import UsageError
 
-PAIRING_KEYS = ("tokens", "batches", "bootstrap", "seed", "units_fingerprint")
+PAIRING_KEYS = (
+    "tokens_fingerprint",  # sha256 of the eval token ids in eval order: the same text
+    "model",
+    "hook",
+    "tokens",
+    "batches",
+    "bootstrap",
+    "seed",
+    "units_fingerprint",
+)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -37,6 +48,12 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UsageError(
             f"{p} is an experiment's results.json, not one eval result; compare two files from "
             "its results/ folder."
+        )
+    note = str((data.get("eval_config") or {}).get("note") or "")
+    if note.startswith("Gaussian control"):
+        raise UsageError(
+            f"{p} is a Gaussian-control result (evaluated directly on samples, no eval tokens); "
+            "it pairs with no other result. Compare two results on the model's text."
         )
     rq = (data.get("eval_result_metrics") or {}).get("reconstruction_quality")
     if not isinstance(rq, dict) or "explained_variance_by_definition" not in rq:

@@ -77,10 +77,16 @@ def _sparsity_and_variance(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], d
     sae, store, ignore = a["sae"], a["activation_store"], a["ignore_tokens"]
     seen: dict[str, Any] = {"tokens": None, "pending": None, "batches": 0, "pairs": 0}
 
+    feeder.where = {
+        "model": getattr(getattr(a.get("model"), "cfg", None), "model_name", None),
+        "hook": getattr(sae.cfg, "hook_name", None) or sae.cfg.metadata.hook_name,
+    }
+
     def get_batch_tokens(*ga: Any, **gk: Any) -> Any:
         tokens = store.get_batch_tokens(*ga, **gk)
         seen["tokens"] = tokens
         seen["batches"] += 1
+        feeder.see_tokens(tokens)
         return tokens
 
     def encode(x: Any, *ea: Any, **ek: Any) -> Any:
