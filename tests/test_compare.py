@@ -118,6 +118,6 @@ def test_evals_of_different_text_with_equal_counts_are_not_paired(tmp_path, caps
         for p in paths
     ]
     assert provs[0]["batches"] == provs[1]["batches"] and provs[0]["seed"] == provs[1]["seed"]
-    assert provs[0]["units_fingerprint"] == provs[1]["units_fingerprint"]
+    assert provs[0]["tokens_fingerprint"] != provs[1]["tokens_fingerprint"]
     assert provs[0]["hook"] == "blocks.0.hook_resid_post"
     refused(capsys, paths[0], paths[1], "tokens_fingerprint differs")
