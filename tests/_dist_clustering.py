@@ -56,6 +56,9 @@ def run(rank: int, world: int, port: int, out: str, case: str) -> None:
             acts, 10, init=init_centroids(), n_iter=8, tol=0.0, progress=False, checkpoint=ck
         )
         res["extended"] = (b.W_enc.T.double(), a.cfg.metadata.inertia)
+        for init in ("k-means++", "random"):  # default seedings: independent of the ranks
+            sd = fit_kmeans(acts, 10, init=init, n_iter=6, seed=4, progress=False)
+            res[f"seeded {init}"] = (sd.W_enc.T.double(), sd.cfg.metadata.inertia)
         try:  # a checkpoint on rank 0 only: the same clear error on both ranks, no hang
             fit_kmeans(
                 acts, 10, n_iter=2, progress=False, checkpoint=f"{out}/r0.pt" if rank == 0 else None

@@ -452,6 +452,12 @@ def test_distributed_fit_equals_single_process(two_ranks, case):
     )
     sk = KMeans(10, n_init=1, random_state=0).fit(x.numpy()).inertia_
     assert ranks[0]["kmeans||"][1] <= sk * 1.15  # a sensible seeding, across ranks
+    for init in ("k-means++", "random"):  # the default seedings equal a one-process fit
+        one = fit_kmeans(x, 10, init=init, n_iter=6, seed=4, progress=False)
+        torch.testing.assert_close(
+            ranks[0][f"seeded {init}"][0], one.W_enc.T.double(), rtol=1e-9, atol=1e-9
+        )
+        assert ranks[0][f"seeded {init}"][1] == pytest.approx(one.cfg.metadata.inertia, rel=1e-9)
 
 
 # ------------------------------------------------------------------------- the SAE

@@ -108,6 +108,7 @@ class _Data:
     ) -> None:
         self.source, self.dtype, self.device = source, dtype, device
         self.mean, self.basis = stats.mean.to(device), basis
+        self.row_offset = stats.row_offset
         self.finished: list[torch.Tensor] = []
         self.passes = 0
         self.held: list[torch.Tensor] | None = None
@@ -484,7 +485,9 @@ def _seed(
             dtype=data.dtype,
         )
     else:
-        sample = uniform_sample(data.batches, options.sample_size(n, k), seed, reducer)
+        sample = uniform_sample(
+            data.batches, options.sample_size(n, k), seed, reducer, data.row_offset
+        )
         if init == "random":
             out = random_rows(sample, k)
         else:

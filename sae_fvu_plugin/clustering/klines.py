@@ -136,7 +136,9 @@ def _initial_lines(
             )
         u = init_codebook.to(device, torch.float64)
     else:
-        sample = uniform_sample(batches, opts.sample_size(stats.n, k), opts.seed, reducer)
+        sample = uniform_sample(
+            batches, opts.sample_size(stats.n, k), opts.seed, reducer, stats.row_offset
+        )
         u = greedy_kmeans_pp(
             sample.to(device), k, _generator(opts.seed, 1), opts.local_trials(k), dtype=dtype
         )

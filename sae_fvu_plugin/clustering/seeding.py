@@ -25,10 +25,21 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def uniform_sample(batches: Batches, m: int, seed: int, reducer: LocalReducer) -> torch.Tensor:
+def uniform_sample(
+    batches: Batches, m: int, seed: int, reducer: LocalReducer, offset: int = 0
+) -> torch.Tensor:
     """m rows drawn uniformly without replacement from all rows of all ranks (float64, in
-    random order): every row gets a random key, the m smallest keys are kept."""
-    gen = _generator(seed, reducer.rank, 7)
+    random order): every row gets a random key, the m smallest keys are kept.
+
+    Row g (its global index: ``offset``, the rows on the ranks before this one, plus its
+    place here) gets the g-th draw of one stream keyed by ``seed``, so the sample — and
+    every seeding built on it — is the same whatever the number of ranks."""
+    gen = _generator(seed, 0, 7)
+    left = offset
+    while left > 0:  # skip the draws of the rows on the ranks before this one
+        step = min(left, 1 << 22)
+        torch.rand(step, generator=gen, dtype=torch.float64)
+        left -= step
     keys = torch.empty(0, dtype=torch.float64)
     rows: torch.Tensor | None = None
     for b in batches():

@@ -133,6 +133,7 @@ class DataStats:
     fingerprint: str
     local_n: int
     local_sizes: list[int]  # this rank's non-empty batches, in order
+    row_offset: int = 0  # rows on the ranks before this one (its rows' global index start)
 
     @property
     def total_ss(self) -> float:
@@ -253,4 +254,7 @@ def data_stats(
         fingerprint=f"sha256:{fingerprint}:n={n}:world={reducer.world}",
         local_n=local_n,
         local_sizes=sizes,
+        row_offset=sum(
+            int(s["stats"][0]) for s in shards[: reducer.rank] if s["stats"] is not None
+        ),
     )
