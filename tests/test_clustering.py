@@ -642,3 +642,20 @@ def test_bad_values_name_the_fix(x):
     init[1, 3] = float("nan")
     with pytest.raises(ValueError, match="init holds 1 NaN/inf value"):
         fit_kmeans(x, 4, init=init, progress=False)
+
+
+def test_an_unwritable_checkpoint_is_refused_before_any_work(x, tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    calls = {"n": 0}
+
+    def counted():
+        calls["n"] += 1
+        return iter(x.split(1000))
+
+    for bad, why in (
+        (tmp_path / "file.txt" / "ck.pt", "is a file, not a folder"),
+        (tmp_path, "is a folder"),
+    ):
+        with pytest.raises(CheckpointError, match=why):
+            fit_kmeans(counted, 5, n_iter=3, progress=False, checkpoint=bad)
+    assert calls["n"] == 2  # the statistics pass only: no seeding, no Lloyd iteration

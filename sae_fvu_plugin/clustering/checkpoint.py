@@ -59,19 +59,25 @@ def save_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Refuse, before any work, a checkpoint path whose folder cannot be written."""
+    """Refuse, before any work, a checkpoint path that cannot be written: one under a file,
+    a folder, or in a folder without write permission."""
     folder = path.parent
     while not folder.exists():
         folder = folder.parent
-    if path.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise CheckpointError(
-            f"Cannot write the checkpoint {path} ({'a folder' if path.is_dir() else 'permission denied'}); "
-            "pass a checkpoint path in a writable folder."
-        )
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CheckpointError(
-            f"Cannot overwrite the checkpoint {path} (read-only); pass another path."
-        )
+    if not folder.is_dir():
+        why = f"{folder} is a file, not a folder"
+    elif path.is_dir():
+        why = "it is a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        why = "permission denied"
+    else:
+        return
+    raise CheckpointError(
+        f"Cannot write the checkpoint {path} ({why}); pass a checkpoint path in a writable "
+        "folder. Nothing was fitted."
+    )
 
 
 def content_digest(obj: Any) -> str:
