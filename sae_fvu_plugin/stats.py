@@ -234,26 +234,7 @@ def batch_state(
     if not finite_means or not bool(
         torch.isfinite(state.m2_x).all() and torch.isfinite(state.m2_r).all()
     ):
-        xk, hk = (x, x_hat) if keep is None else (x[keep], x_hat[keep])
-        bad_x = int((~torch.isfinite(xk)).sum())
-        bad_h = int((~torch.isfinite(hk)).sum())
-        if bad_x or bad_h or not finite_means:
-            raise NonFiniteError(
-                f"Non-finite values in the evaluated tokens: {bad_x} NaN/inf entries in x and "
-                f"{bad_h} in x_hat ({n} tokens of width {d}). FVU is undefined there; drop "
-                "those tokens with mask=... or fix the activations upstream. Nothing was "
-                "accumulated.",
-                bad_x,
-                bad_h,
-            )
-        big = max(float(xk.abs().max()), float(hk.abs().max()))
-        raise NonFiniteError(
-            f"Values up to {big:.3g} in the evaluated tokens: their squares overflow float64 "
-            f"(max ~1.8e308), so every sum of squares is inf. Rescale x and x_hat (FVU is "
-            "scale-invariant) or fix the activations upstream. Nothing was accumulated.",
-            0,
-            0,
-        )
+        raise _non_finite(x, x_hat, keep, n, d, finite_means)
     for k, v in tok.items():
         state.ratio_sums[k] = float(v)
     for k, (num, den) in bat.items():
@@ -262,6 +243,38 @@ def batch_state(
     state.sb_s = float((state.m2_x.sum() + n * state.mean_x.square().sum()) / n)
     state.sb_r = float((state.m2_r.sum() + n * state.mean_r.square().sum()) / n)
     return state
+
+
+def _non_finite(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    keep: torch.Tensor | None,
+    n: int,
+    d: int,
+    finite_means: bool,
+) -> NonFiniteError:
+    """The error for a batch whose sums are not finite: NaN/inf entries (counted in x and
+    x_hat), or values whose squares overflow float64."""
+    xk, hk = (x, x_hat) if keep is None else (x[keep], x_hat[keep])
+    bad_x = int((~torch.isfinite(xk)).sum())
+    bad_h = int((~torch.isfinite(hk)).sum())
+    if bad_x or bad_h or not finite_means:
+        return NonFiniteError(
+            f"Non-finite values in the evaluated tokens: {bad_x} NaN/inf entries in x and "
+            f"{bad_h} in x_hat ({n} tokens of width {d}). FVU is undefined there; drop "
+            "those tokens with mask=... or fix the activations upstream. Nothing was "
+            "accumulated.",
+            bad_x,
+            bad_h,
+        )
+    big = max(float(xk.abs().max()), float(hk.abs().max()))
+    return NonFiniteError(
+        f"Values up to {big:.3g} in the evaluated tokens: their squares overflow float64 "
+        f"(max ~1.8e308), so every sum of squares is inf. Rescale x and x_hat (FVU is "
+        "scale-invariant) or fix the activations upstream. Nothing was accumulated.",
+        0,
+        0,
+    )
 
 
 def merge_states(a: FVUState, b: FVUState) -> FVUState:

@@ -71,6 +71,12 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+    learning_curves(rows, out, plt)
+    return ["frontier.png", "frontier_gaussian.png", "learning_curves.png"]
+
+
+def learning_curves(rows: list[dict[str, Any]], out: Path, plt: Any) -> None:
+    """learning_curves.png: each SAE's held-out explained variance against tokens seen."""
     curves = [r for r in rows if r.get("learning_curve") and r["source"] == "real"]
     if curves:
         layers = sorted({r["layer"] for r in curves})
@@ -94,4 +100,3 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / "learning_curves.png", dpi=110)
         plt.close(fig)
-    return ["frontier.png", "frontier_gaussian.png", "learning_curves.png"]

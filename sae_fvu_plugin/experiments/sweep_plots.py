@@ -74,6 +74,16 @@ def plots(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path, cfg: A
         real_vs_gaussian,
     )
 
+    fvu_a_vs_fvu_b(real, ratios, out, plt)
+    return ["ev_vs_npca.png", "fvu_a_vs_fvu_b.png", "real_vs_gaussian.png"]
+
+
+def fvu_a_vs_fvu_b(
+    real: list[dict[str, Any]], ratios: dict[str, dict[str, float]], out: Path, plt: Any
+) -> None:
+    """fvu_a_vs_fvu_b.png: FVU_b against FVU_a of every real model, with each layer's
+    fit through the origin."""
+    layers = sorted({r["layer"] for r in real})
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for layer in layers:
         pts = [r for r in real if r["layer"] == layer]
@@ -93,4 +103,3 @@ def plots(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path, cfg: A
     fig.tight_layout()
     fig.savefig(out / "fvu_a_vs_fvu_b.png", dpi=120)
     plt.close(fig)
-    return ["ev_vs_npca.png", "fvu_a_vs_fvu_b.png", "real_vs_gaussian.png"]

@@ -115,42 +115,57 @@ def run_core_eval(
             if not metrics.get(group):  # e.g. KL / CE of a run on the same SAE and tokens
                 metrics[group] = values
         if out_json is not None:
-            if (
-                config.compute_featurewise_density_statistics
-                and config.compute_featurewise_weight_based_metrics
-            ):
-                metrics["misc_metrics"] = _core.calculate_misc_metrics(feature_metrics)
-            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-            # SAEBench's saver needs every group: a group this config did not compute is
-            # saved as null (with a note), never as SAEBench's -1 placeholder.
-            skipped = [g for g in _SKIPPABLE if not metrics.get(g)]
-            to_save = dict(result)
-            to_save["metrics"] = metrics | {
-                g: {f.name: math.nan for f in dataclasses.fields(_SKIPPABLE[g])} for g in skipped
-            }
-            _core.save_single_eval_result(
-                _core.replace_nans_with_negative_one(to_save),
-                _core.get_eval_uuid(),
-                _core.get_sae_lens_version(),
-                _core.get_sae_bench_version(),
-                str(out_json),
-                sae,
-            )
-            saved = json.loads(Path(out_json).read_text())
-            # SAEBench saves NaN as -1; the plugin's numbers keep NaN as null (the reason is
-            # in explained_variance_note / explained_variance_ci_note)
-            rq = metrics.get("reconstruction_quality") or {}
-            saved["eval_result_metrics"]["reconstruction_quality"].update(
-                {k: _nan_to_null(v) for k, v in rq.items() if k.startswith("explained_variance")}
-            )
-            for g in skipped:
-                saved["eval_result_metrics"][g] = None
-            if skipped:
-                saved["not_computed"] = {
-                    g: "compute_kl / compute_ce_loss were off in this eval config" for g in skipped
-                }
-            Path(out_json).write_text(json.dumps(saved | (extra or {}), indent=2))
+            save_result(result, config, sae, Path(out_json), extra)
     return result
+
+
+def save_result(
+    result: dict[str, Any],
+    config: FVUCoreEvalConfig,
+    sae: Any,
+    out_json: Path,
+    extra: dict[str, Any] | None,
+) -> None:
+    """Write ``result`` with SAEBench's own ``save_single_eval_result``, then put back what
+    its saver cannot hold: groups this config did not compute as null (with a note, never
+    SAEBench's -1 placeholder), the plugin's explained-variance fields with NaN as null, and
+    the ``extra`` top-level keys."""
+    metrics = result["metrics"]
+    if (
+        config.compute_featurewise_density_statistics
+        and config.compute_featurewise_weight_based_metrics
+    ):
+        metrics["misc_metrics"] = _core.calculate_misc_metrics(result["feature_metrics"])
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    # SAEBench's saver needs every group: a group this config did not compute is
+    # saved as null (with a note), never as SAEBench's -1 placeholder.
+    skipped = [g for g in _SKIPPABLE if not metrics.get(g)]
+    to_save = dict(result)
+    to_save["metrics"] = metrics | {
+        g: {f.name: math.nan for f in dataclasses.fields(_SKIPPABLE[g])} for g in skipped
+    }
+    _core.save_single_eval_result(
+        _core.replace_nans_with_negative_one(to_save),
+        _core.get_eval_uuid(),
+        _core.get_sae_lens_version(),
+        _core.get_sae_bench_version(),
+        str(out_json),
+        sae,
+    )
+    saved = json.loads(out_json.read_text())
+    # SAEBench saves NaN as -1; the plugin's numbers keep NaN as null (the reason is
+    # in explained_variance_note / explained_variance_ci_note)
+    rq = metrics.get("reconstruction_quality") or {}
+    saved["eval_result_metrics"]["reconstruction_quality"].update(
+        {k: _nan_to_null(v) for k, v in rq.items() if k.startswith("explained_variance")}
+    )
+    for g in skipped:
+        saved["eval_result_metrics"][g] = None
+    if skipped:
+        saved["not_computed"] = {
+            g: "compute_kl / compute_ce_loss were off in this eval config" for g in skipped
+        }
+    out_json.write_text(json.dumps(saved | (extra or {}), indent=2))
 
 
 # Metric groups a config may leave out (KL / CE passes off) and their SAEBench classes.
