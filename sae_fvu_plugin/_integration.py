@@ -298,7 +298,7 @@ class BatchFeeder:
             quality["explained_variance_replicates"] = {}
             for n in names:
                 lo, hi = ci[n]
-                why = interval_problem(self.acc.n_units, reps[n])
+                why = interval_problem(self.acc.n_units, reps[n], prov["empty_replicates"])
                 if why:
                     warnings.warn(
                         f"sae_fvu_plugin ({self.library}): no interval for {n}: {why}.",
@@ -316,15 +316,20 @@ class BatchFeeder:
         return quality
 
 
-def interval_problem(n_units: int, replicates: torch.Tensor) -> str:
+def interval_problem(n_units: int, replicates: torch.Tensor, empty: int = 0) -> str:
     """Why no bootstrap interval can be given ('' if one can): fewer than two resampling
-    units (every replicate would be the same: a zero-width interval), or replicates that
-    are not all finite (a degenerate resample)."""
+    units (every replicate would be the same: a zero-width interval), a non-empty
+    replicate that is not finite (a degenerate resample, e.g. zero variance), or fewer than
+    two finite replicates. ``empty`` replicates (no unit drawn, FVU undefined: P = e^-U
+    each) are left out, as the conditional Poisson bootstrap does."""
     if n_units < 2:
         return f"{n_units} resampling unit(s) (eval contexts); an interval needs at least 2"
-    bad = int((~torch.isfinite(replicates)).sum())
-    if bad:
+    finite = int(torch.isfinite(replicates).sum())
+    bad = replicates.numel() - finite - empty
+    if bad > 0:
         return f"{bad} of {replicates.numel()} bootstrap replicates are not finite"
+    if finite < 2:
+        return f"only {finite} of {replicates.numel()} bootstrap replicates drew any unit"
     return ""
 
 

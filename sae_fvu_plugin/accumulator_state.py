@@ -100,8 +100,12 @@ class Tally:
             )
 
     def provenance(self, bootstrap: int, seed: int) -> dict[str, Any]:
-        """Tokens counted, eval batches, tokens per batch, input dtypes, bootstrap settings."""
+        """Tokens counted, eval batches, tokens per batch, input dtypes, bootstrap settings
+        and ``empty_replicates``: replicates whose Poisson weights drew no unit at all
+        (probability e^-U each with U units; their FVU is undefined and the interval is
+        conditional on a non-empty resample)."""
         sizes = self.batch_tokens
+        empty = 0 if self.reps is None else int((self.reps.n == 0).sum())
         return {
             "tokens": self.n_tokens,
             "batches": self.n_batches,
@@ -111,6 +115,7 @@ class Tally:
             "bootstrap": bootstrap,
             "seed": seed,
             "units_fingerprint": f"{self.unit_hash:016x}",
+            "empty_replicates": empty,
         }
 
     def to_dict(self, header: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 import pytest  # noqa: E402
+from tiny import CTX, HOOK  # noqa: E402
 
 # Metadata of the SAEs fitted on the tiny random model (what SAEBench's loop reads).
 META = dict(
     model_name="tiny-random",
-    hook_name="blocks.0.hook_resid_post",
-    context_size=16,
+    hook_name=HOOK,
+    context_size=CTX,
     dataset_path="in-memory",
     prepend_bos=False,
 )
@@ -22,11 +23,10 @@ META = dict(
 def lm(request):
     """(model, dataset, 1,500 activation rows) of the tiny random model; a test module sets
     ``LM_SEED`` to draw its own."""
-    from tiny import CTX, HOOK, tiny_dataset, tiny_model
+    from tiny import tiny_dataset, tiny_model
 
     from sae_fvu_plugin.clustering import collect_activations
 
-    assert (HOOK, CTX) == (META["hook_name"], META["context_size"])
     seed = getattr(request.module, "LM_SEED", 4)
     model, ds = tiny_model(offset=2.0, seed=seed), tiny_dataset(n=64, seed=seed)
     acts = collect_activations(

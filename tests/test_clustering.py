@@ -337,7 +337,7 @@ def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
     tamper(other_finite_centroids, "does not match its recorded content hash")
     assert good["current"]["lloyd"]["iteration"] >= 1
     ck.write_bytes(ck.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="is corrupt or truncated"):
         fit_kmeans(list(x.split(1000)), 5, n_iter=10, tol=0.0, progress=False, checkpoint=ck)
 
 
@@ -529,7 +529,7 @@ def test_load_errors(x, tmp_path):
         load_clustering_sae(tmp_path / "missing")
     w = tmp_path / "ok" / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:100])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
+    with pytest.raises(ValueError, match="look corrupt, truncated"):
         load_clustering_sae(tmp_path / "ok")
 
 

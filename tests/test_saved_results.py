@@ -23,7 +23,7 @@ def run(tmp_path, name, **fields):
         batch_size_prompts=fields.pop("batch_size_prompts", 4),
         context_size=CTX,
         explained_variance_report=["fvu_b"],
-        explained_variance_bootstrap=20,
+        explained_variance_bootstrap=fields.pop("bootstrap", 20),
         **fields,
     )
     out = tmp_path / f"{name}.json"
@@ -55,6 +55,24 @@ def test_one_eval_context_gives_no_interval_and_a_warning(tmp_path):
     assert saved["explained_variance_ci"] == {"fvu_a": None, "fvu_b": None}
     assert "1 resampling unit" in saved["explained_variance_ci_note"]["fvu_a"]
     assert isinstance(saved["explained_variance"], float)  # the estimate itself stands
+
+
+def test_replicates_that_drew_no_context_are_left_out_not_fatal(tmp_path):
+    """Two eval contexts: each Poisson replicate draws neither with probability e^-2 (27 of
+    200 expected). Those replicates are undefined (saved null) and counted; the interval is
+    estimate ± z·sd of the others, as the conditional Poisson bootstrap has it."""
+    from statistics import NormalDist, stdev
+
+    rq, saved, _ = run(tmp_path, "two", n_eval_batches=1, batch_size_prompts=2, bootstrap=200)
+    reps = saved["explained_variance_replicates"]["fvu_a"]
+    empty = saved["explained_variance_provenance"]["fvu_a"]["empty_replicates"]
+    assert 10 < empty == reps.count(None) < 50
+    assert not saved.get("explained_variance_ci_note")
+    finite = [v for v in reps if v is not None]
+    half = NormalDist().inv_cdf(0.975) * stdev(finite)
+    ev = saved["explained_variance_by_definition"]["fvu_a"]
+    assert saved["explained_variance_ci"]["fvu_a"] == pytest.approx([ev - half, ev + half])
+    assert half > 0
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,7 @@ class Evaluator:
             "excluded_tokens": rq.get("explained_variance_excluded_tokens", 0),
             "ev_all": ev,
             "ev_ci": rq.get("explained_variance_ci"),
+            "ev_ci_note": rq.get("explained_variance_ci_note") or {},
             "ev_replicates": {
                 d: v
                 for d, v in (rq.get("explained_variance_replicates") or {}).items()
