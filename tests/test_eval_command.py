@@ -55,3 +55,40 @@ def test_a_damaged_cfg_json_is_one_line(tmp_path, capsys, name, key, value, matc
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert match in lines[0], lines[0]
+
+
+def test_an_unwritable_output_json_is_refused_before_loading(tmp_path, capsys):
+    folder = save_sae(standard_sae(seed=1), tmp_path / "sae")
+    (tmp_path / "a_file").write_text("x")
+    for target, match in [
+        (tmp_path / "a_file" / "r.json", "is a file, so"),
+        (tmp_path / "a_file" / "deeper" / "r.json", "is a file, so"),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main(["eval", str(folder), "--output-json", str(target)])
+        assert err.value.code == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and match in lines[0], lines
+
+
+def test_the_summary_leads_with_the_chosen_definition_and_its_interval():
+    from sae_fvu_plugin.cli.eval import summary_lines
+
+    metrics = {
+        "reconstruction_quality": {
+            "explained_variance_definition": "fvu_b",
+            "explained_variance_by_definition": {"fvu_a": 0.5, "fvu_b": 0.75, "fvu_per_dim": None},
+            "explained_variance_ci": {"fvu_a": None, "fvu_b": [0.7, 0.8], "fvu_per_dim": None},
+            "explained_variance_ci_note": {"fvu_a": "1 resampling unit(s)"},
+            "explained_variance_ci_level": 0.9,
+            "explained_variance_provenance": {"fvu_b": {"tokens": 2048}},
+            "cossim": 0.9,
+            "mse": 0.25,
+        },
+        "sparsity": {"l0": 1.0},
+    }
+    lines = summary_lines(metrics)
+    assert lines[0] == "explained variance (fvu_b) = 0.7500 [0.7000, 0.8000] 90% CI, 2,048 tokens"
+    assert "0.5000 (no interval: 1 resampling unit(s))" in lines[1]
+    assert "nan" in lines[2]
+    assert lines[-1] == "SAEBench: L0 1, cossim 0.9, mse 0.25"

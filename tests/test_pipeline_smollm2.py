@@ -187,12 +187,18 @@ def test_clustering_cli_fit_and_eval(tmp_path, model, capsys):
     with pytest.raises(SystemExit) as err:
         clustering_cli(args)
     assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    capsys.readouterr()
+    (tmp_path / "evals").mkdir()
     res = clustering_cli(
         ["eval", str(out), "--eval-batches", "1", "--recon-batches", "1", "--batch-prompts", "2"]
         + ["--bootstrap", "7", "--ci-level", "0.9", "--seed", "3"]
+        + ["--output-json", str(tmp_path / "evals")]  # a folder: eval_results.json in it
     )
     assert res["metrics"]["sparsity"]["l0"] == 1.0
-    saved = json.loads((out / "eval_results.json").read_text())
+    printed = capsys.readouterr().out.splitlines()
+    head = next(i for i, ln in enumerate(printed) if ln.startswith("explained variance (fvu_a) = "))
+    assert "90% CI" in printed[head] and len(printed) - head < 20  # a summary, not replicates
+    saved = json.loads((tmp_path / "evals" / "eval_results.json").read_text())
     rq = saved["eval_result_metrics"]["reconstruction_quality"]
     assert rq["explained_variance_definition"] == "fvu_a"
     # the interval flags reach the result

@@ -83,7 +83,9 @@ class EvalCommand:
     bootstrap: int = _opt(100, "bootstrap replicates behind the intervals (0: none)")
     ci_level: float = _opt(0.95, "coverage of the bootstrap intervals")
     seed: int = _opt(0, "seed of the bootstrap weights (pair results that share it)")
-    output_json: str | None = _opt(None, "result JSON path (default: SAE folder/eval_results.json)")
+    output_json: str | None = _opt(
+        None, "result JSON file, or a folder for eval_results.json (default: the SAE folder)"
+    )
     allow_overlap: bool = _opt(
         False, "score even if eval contexts overlap the fit contexts (or cannot be checked)"
     )

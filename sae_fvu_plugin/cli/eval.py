@@ -9,7 +9,6 @@ both and their overlap (0); without provenance a warning says overlap cannot be 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,28 @@ class EvalPlan:
     hook: str
     context_size: int
     provenance: Any  # Provenance or None
+    out_json: Path
+
+
+def output_target(cmd: EvalCommand) -> Path:
+    """Where the result JSON goes: ``--output-json`` (a folder: ``eval_results.json`` in
+    it) or the SAE folder's ``eval_results.json``; a :class:`UsageError` before any work if
+    it cannot be written there."""
+    import os
+
+    out = Path(cmd.output_json) if cmd.output_json else Path(cmd.sae) / "eval_results.json"
+    if out.is_dir():
+        out = out / "eval_results.json"
+    if out.is_dir():
+        raise UsageError(f"--output-json: {out} is a folder; name a JSON file.")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output-json: {parent} is a file, so {out} cannot be created.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-json: cannot write to {parent} (permission denied).")
+    return out
 
 
 def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalPlan:
@@ -77,6 +98,7 @@ def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalP
         hook=str(hook),
         context_size=context_size,
         provenance=provenance,
+        out_json=output_target(cmd),
     )
 
 
@@ -128,7 +150,7 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
         explained_variance_ci_level=cmd.ci_level,
         explained_variance_seed=cmd.seed,
     )
-    out_json = Path(cmd.output_json or Path(cmd.sae) / "eval_results.json")
+    out_json = plan.out_json
     res = held_out_eval(
         sae,
         model,
@@ -145,9 +167,52 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any], n_contexts: int, out_json: Path) -> None:
-    rq = res["metrics"]["reconstruction_quality"]
-    print(json.dumps(rq, indent=1))
+    """A few lines: the chosen definition's explained variance with its interval, every
+    reported definition, SAEBench's other reconstruction and sparsity numbers, and where the
+    full JSON (every replicate, provenance) went."""
+    print("\n".join(summary_lines(res["metrics"])))
     overlap = res["held_out"]["overlap"]
     shown = "not checked (no provenance)" if overlap is None else overlap
     print(f"held-out contexts: {n_contexts}; overlap with fit contexts: {shown}")
     print(f"SAEBench result JSON: {out_json}")
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """``explained variance (fvu_a) = 0.8521 [0.8400, 0.8630] 95 % CI, 2,048 tokens`` for
+    the chosen definition, then one line per other reported definition and one of
+    SAEBench's own metrics."""
+    rq = metrics["reconstruction_quality"]
+    chosen = rq.get("explained_variance_definition", "fvu_a")
+    evs = rq.get("explained_variance_by_definition") or {chosen: rq.get("explained_variance")}
+    cis = rq.get("explained_variance_ci") or {}
+    notes = rq.get("explained_variance_ci_note") or {}
+    level = rq.get("explained_variance_ci_level")
+    tokens = (rq.get("explained_variance_provenance") or {}).get(chosen, {}).get("tokens")
+
+    def one(name: str) -> str:
+        ev, ci = evs.get(name), cis.get(name)
+        text = "nan (see explained_variance_note)" if ev is None else f"{ev:.4f}"
+        if ci is not None:
+            text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+        elif name in notes:
+            text += f" (no interval: {notes[name]})"
+        return text
+
+    head = f"explained variance ({chosen}) = {one(chosen)}"
+    if level is not None and cis.get(chosen) is not None:
+        head += f" {level:.0%} CI"
+    if tokens:
+        head += f", {tokens:,} tokens"
+    lines = [head]
+    lines += [f"  {name:<20} {one(name)}" for name in evs if name != chosen]
+    saebench = {
+        "L0": metrics.get("sparsity", {}).get("l0"),
+        "cossim": rq.get("cossim"),
+        "mse": rq.get("mse"),
+        "KL-div score": metrics.get("model_behavior_preservation", {}).get("kl_div_score"),
+        "CE-loss score": metrics.get("model_performance_preservation", {}).get("ce_loss_score"),
+    }
+    shown = [f"{k} {v:.4g}" for k, v in saebench.items() if isinstance(v, (int, float))]
+    if shown:
+        lines.append("SAEBench: " + ", ".join(shown))
+    return lines
