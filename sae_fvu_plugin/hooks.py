@@ -76,6 +76,20 @@ def check_hook(hook: str, valid: list[str] | None = None, n_layers: int | None =
             and parts[2] in _BLOCK_HOOKS
         )
     if not ok:
+        if valid is not None:
+            n_layers = len({v.split(".")[1] for v in valid if v.startswith("blocks.")})
+        parts = hook.split(".", 2)
+        if (
+            n_layers
+            and len(parts) == 3
+            and parts[0] == "blocks"
+            and parts[1].isdigit()
+            and int(parts[1]) >= n_layers
+        ):
+            raise ValueError(
+                f"hook {hook!r} names layer {parts[1]}, but the model has {n_layers} layers "
+                f"(blocks.0 … blocks.{n_layers - 1}); choose a layer below {n_layers}."
+            )
         close = hook_suggestions(hook, valid, n_layers)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(

@@ -201,8 +201,8 @@ def cmd_check(a: argparse.Namespace) -> None:
             src / t for t in added if t.endswith(".py") and Path(t).name.startswith("test_")
         ]
         print(
-            f"[patches-check] {dist}=={version}: {n} patches applied cleanly; "
-            f"{len(added)} test files added"
+            f"[patches-check] {dist}=={version}: {n} patch{'es' if n != 1 else ''} applied "
+            f"cleanly; {len(added)} test file{'s' if len(added) != 1 else ''} added"
         )
     where = subprocess.check_output(
         [str(py), "-c", "import sae_bench, sae_lens; print(sae_bench.__file__, sae_lens.__file__)"],

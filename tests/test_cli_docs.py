@@ -54,6 +54,13 @@ def test_user_errors_are_one_line_before_any_work(capsys, tmp_path):
     one_line_error(capsys, fit(n_clusters="-4"), r"--n-clusters must be an integer ≥ 1, got -4")
     one_line_error(
         capsys,
+        fit("blocks.40.hook_resid_post"),
+        r"names layer 40, but the model has 30 layers \(blocks.0 … blocks.29\)",
+    )
+    one_line_error(capsys, ["sweep", "--layers", "3", "40"], r"the model has 30 layers")
+    one_line_error(capsys, ["frontier", "--layers", "30"], r"the model has 30 layers")
+    one_line_error(
+        capsys,
         fit("blocks.3.hook_resid_post", "8", "--empty", "spilt"),
         r"empty must be one of split, farthest; got 'spilt'. Did you mean 'split'",
     )
@@ -113,8 +120,13 @@ def test_every_flag_has_help_and_default():
                 or "(required)" in action.help
                 or action.help.endswith(")")
             ), (name, action.dest)
+            assert action.help.count("(default") <= 1, (name, action.help)
     eval_def = next(a for a in subs["eval"]._actions if a.dest == "definition")
     assert "fvu_a" in eval_def.help
+    for name in ("fit", "eval", "sweep", "frontier", "compare"):
+        text = subs[name].format_help()
+        assert "``" not in text and ":class:" not in text, name
+    assert "``" not in parser.format_help()
 
 
 def doc_commands():
@@ -182,3 +194,15 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
         assert err.value.code == 130
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("interrupted:") and match in lines[0]
+
+
+def test_a_layer_beyond_a_loaded_model_names_its_depth():
+    from tiny import tiny_model
+
+    from sae_fvu_plugin.hooks import model_hook_width
+    from sae_fvu_plugin.validate import UsageError
+
+    model = tiny_model(seed=1)
+    with pytest.raises(UsageError, match=r"the model has 2 layers \(blocks.0 … blocks.1\)"):
+        model_hook_width(model, "blocks.5.hook_resid_post")
+    assert model_hook_width(model, "blocks.1.hook_resid_post") == model.cfg.d_model

@@ -25,20 +25,22 @@ from .commands import EvalCommand, FitCommand
 
 def build_parser() -> argparse.ArgumentParser:
     p = _cli.Parser(
-        prog="sae-fvu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sae-fvu",
+        description=_cli.plain_doc(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     f = sub.add_parser(
         "fit",
         help="fit a clustering SAE on a hook's activations",
-        description=FitCommand.__doc__,
+        description=_cli.plain_doc(FitCommand.__doc__),
     )
     _cli.add_options(f, FitCommand)
     _cli.add_options(f, KMeansOptions, title="k-means options")
     e = sub.add_parser(
         "eval",
         help="SAEBench core eval of a saved SAE with the definition flags",
-        description=EvalCommand.__doc__,
+        description=_cli.plain_doc(EvalCommand.__doc__),
     )
     _cli.add_options(e, EvalCommand)
     from ..definitions import DEFINITIONS  # pydantic only: --help stays fast
@@ -49,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "sweep",
         help="the clustering sweep: k-means and PCA + k-means under every definition",
-        description=SweepConfig.__doc__,
+        description=_cli.plain_doc(SweepConfig.__doc__),
     )
     add_experiment_arguments(s, SweepConfig)
     fr = sub.add_parser(
         "frontier",
         help="SAEs vs clustering at every L0, under every definition",
-        description=FrontierConfig.__doc__,
+        description=_cli.plain_doc(FrontierConfig.__doc__),
     )
     add_experiment_arguments(fr, FrontierConfig)
     c = sub.add_parser(

@@ -22,6 +22,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def plain_doc(doc: str | None) -> str:
+    """A docstring as ``--help`` text: reST markup (double backticks, ``:class:`~x``` roles)
+    removed, indentation of continuation lines undone."""
+    import inspect
+    import re
+
+    text = inspect.cleandoc(doc or "")
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
 def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
@@ -61,12 +72,13 @@ def add_options(
             group.add_argument(f.name, type=_scalar(base), help=help_text)
             continue
         shown = "none" if default is None else default
+        states_default = "(default" in help_text  # the help already says what the default means
         kw: dict[str, Any] = {"dest": f.name, "default": default}
         if f.metadata.get("required"):
             kw["required"] = True
         if base == "bool":
             kw["action"] = argparse.BooleanOptionalAction
-            kw["help"] = f"{help_text} (default: {shown})"
+            kw["help"] = help_text if states_default else f"{help_text} (default: {shown})"
         elif base.startswith("list["):
             kw["nargs"] = "+"
             kw["type"] = _scalar(base[5:-1])
@@ -77,9 +89,10 @@ def add_options(
             kw["type"] = _scalar(base)
             if "choices" in f.metadata:  # validated by the options class, which suggests fixes
                 help_text += f" [one of: {', '.join(f.metadata['choices'])}]"
-            kw["help"] = f"{help_text} " + (
-                "(required)" if kw.get("required") else f"(default: {shown})"
-            )
+            if kw.get("required"):
+                kw["help"] = f"{help_text} (required)"
+            else:
+                kw["help"] = help_text if states_default else f"{help_text} (default: {shown})"
         if "metavar" in f.metadata:
             kw["metavar"] = f.metadata["metavar"]
         group.add_argument(flag(f.name), **kw)

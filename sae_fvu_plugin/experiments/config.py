@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..hooks import OFFLINE_DATASET, OFFLINE_MODEL
+from ..hooks import OFFLINE_DATASET, OFFLINE_LAYERS, OFFLINE_MODEL, check_hook
 from ..kmeans_options import KMeansOptions
 from ..validate import check_float, check_int
 
@@ -59,6 +59,9 @@ class ExperimentConfig:
         layers = [check_int("--layers", v, 0) for v in self.layers]
         if not layers:
             raise ValueError("--layers needs at least one layer.")
+        if self.model == OFFLINE_MODEL:  # other models are checked once loaded
+            for layer in layers:
+                check_hook(self.hook(layer), n_layers=OFFLINE_LAYERS)
         object.__setattr__(self, "layers", layers)
 
     @property
