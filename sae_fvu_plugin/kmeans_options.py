@@ -18,6 +18,8 @@ from .validate import check_choice, check_float, check_int, is_tensor
 
 INITS = ("k-means++", "k-means||", "random")
 EMPTY_POLICIES = ("split", "farthest")
+INIT_SAMPLINGS = ("importance", "uniform")
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32", "float64")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -53,6 +55,13 @@ class KMeansOptions:
         None,
         "rows sampled uniformly for k-means++ / random seeding (default min(N, max(10000, 2k)))",
     )
+    init_sampling: str = _opt(
+        "importance",
+        "how k-means++ / random seeding draws its sample: 'importance' (rows kept with "
+        "probability ∝ ½/N + ½‖z‖²/Σ‖z‖², weighted: the rare far-out rows are seen) or "
+        "'uniform'",
+        choices=INIT_SAMPLINGS,
+    )
     oversampling: float = _opt(2.0, "k-means||: candidates drawn per round = oversampling × k")
     init_rounds: int = _opt(5, "k-means||: sampling rounds")
     empty: str = _opt(
@@ -60,6 +69,14 @@ class KMeansOptions:
         "refill empty clusters: 'split' a populous one (faiss's rule) or take the 'farthest' "
         "rows (scikit-learn's)",
         choices=EMPTY_POLICIES,
+    )
+    compute_dtype: str = _opt(
+        "auto",
+        "precision of the distance scores; every label is certified equal to the float64 "
+        "argmin whichever is used (rows within the rounding bound are rescored exactly), so "
+        "this changes speed only: 'auto' picks bfloat16 where a short cached calibration "
+        "measures its matmul faster than float32",
+        choices=COMPUTE_DTYPES,
     )
     seed: int = _opt(0, "random seed of sampling and seeding (run i of n_init uses seed + i)")
     device: str | None = _opt(None, "where the work runs (default: CUDA when available)")
@@ -92,6 +109,8 @@ class KMeansOptions:
             raise ValueError(f"oversampling must be > 0, got {self.oversampling}.")
         set_(self, "init_rounds", check_int("init_rounds", self.init_rounds, 1))
         check_choice("empty", self.empty, EMPTY_POLICIES)
+        check_choice("init_sampling", self.init_sampling, INIT_SAMPLINGS)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         set_(self, "seed", check_int("seed", self.seed, 0))
         set_(self, "checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
         if self.checkpoint is not None:

@@ -144,6 +144,29 @@ def test_greedy_kmeans_pp_is_sklearn_grade():
     assert np.mean(plain) > np.mean(ours) * 1.1
 
 
+def test_importance_sampling_sees_the_rare_far_rows():
+    """3 far-out rows among 100,000 (a massive-activation token's share): a uniform seeding
+    sample of 1,000 misses them (97 %), so no centroid goes there; the importance sample
+    keeps every one of them (weight 1) and its weights still sum to about N."""
+    from sae_fvu_plugin.clustering.reduce import LocalReducer
+    from sae_fvu_plugin.clustering.seeding import importance_sample
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100_000, 8, generator=g, dtype=torch.float64)
+    x[:3] += 300.0
+    z = x - x.mean(0)
+    rows, w = importance_sample(lambda: iter(z.split(30_000)), 1000, 0, LocalReducer())
+    far = rows.norm(dim=1) > 100
+    assert int(far.sum()) == 3 and torch.equal(w[far], torch.ones(3, dtype=torch.float64))
+    assert float(w.sum()) == pytest.approx(100_000, rel=0.1)
+    assert len(rows) <= 1200
+    common = dict(n_clusters=4, seed=0, init_sample=1000, progress=False)
+    seen = fit_kmeans(x, init_sampling="importance", **common).cfg.metadata.inertia
+    missed = fit_kmeans(x, init_sampling="uniform", **common).cfg.metadata.inertia
+    sk = KMeans(4, n_init=1, random_state=0).fit(x.numpy()).inertia_
+    assert seen <= sk * 1.01 and missed > 2 * seen
+
+
 def test_n_init_keeps_the_best_run_and_records_all():
     x, true = mixture(3)
     sae = fit_kmeans(x, 24, n_init=5, seed=10, progress=False)

@@ -24,8 +24,16 @@ from ..kmeans_options import KMeansOptions
 from ..validate import is_tensor
 from .checkpoint import Checkpoint, state_payload
 from .lloyd import Assigner, LloydResult, LloydState, lloyd
+from .precision import resolve_score_dtype
 from .reduce import LocalReducer, agree, current_reducer
-from .seeding import _generator, greedy_kmeans_pp, kmeans_parallel, random_rows, uniform_sample
+from .seeding import (
+    _generator,
+    greedy_kmeans_pp,
+    importance_sample,
+    kmeans_parallel,
+    random_rows,
+    uniform_sample,
+)
 from .source import ActivationSource, DataStats, data_stats, sub_rows
 
 
@@ -105,8 +113,10 @@ class _Data:
         basis: torch.Tensor | None,
         dtype: torch.dtype,
         device: torch.device,
+        score_dtype: torch.dtype | None = None,
     ) -> None:
         self.source, self.dtype, self.device = source, dtype, device
+        self.score_dtype = score_dtype or dtype
         self.mean, self.basis = stats.mean.to(device), basis
         self.row_offset = stats.row_offset
         self.finished: list[torch.Tensor] = []
@@ -125,7 +135,7 @@ class _Data:
                 z = z - (z @ self.basis.T) @ self.basis
             out[s : s + step] = z
         for c in self.finished:
-            out -= c.to(self.dtype)[Assigner(c, self.dtype).full(out).labels]
+            out -= c.to(self.dtype)[Assigner(c, self.dtype, self.score_dtype).full(out).labels]
         return out
 
     def batches(self) -> Iterator[torch.Tensor]:
@@ -179,7 +189,8 @@ def fit_codebook(
     )
     pca = pca_from_stats(stats, n_pca) if n_pca else None
     basis = None if pca is None else pca.components.to(device)
-    data = _Data(source, stats, basis, compute_dtype, device)
+    score_dtype = resolve_score_dtype(options.compute_dtype, device)
+    data = _Data(source, stats, basis, compute_dtype, device, score_dtype)
     can_extend = len(stages) == 1 and options.n_init == 1
     ckpt = Checkpoint(
         options.checkpoint,
@@ -392,6 +403,7 @@ class _StageFit:
                     empty=opts.empty,
                     seed=opts.seed + r,
                     on_iteration=on_iteration,
+                    score_dtype=self.data.score_dtype,
                 )
             finally:
                 bar.close()
@@ -455,7 +467,8 @@ def _final_labels(
 ) -> LloydResult:
     from .lloyd import final_assignment
 
-    return final_assignment(data.batches, LloydState(centroids=centroids), dtype, reducer)
+    state = LloydState(centroids=centroids)
+    return final_assignment(data.batches, state, dtype, reducer, data.score_dtype)
 
 
 def _seed(
@@ -484,21 +497,36 @@ def _seed(
             n_local_trials=options.local_trials(k),
             dtype=data.dtype,
         )
-    else:
-        sample = uniform_sample(
+    elif init == "k-means++" and options.init_sampling == "importance":
+        rows, weights = importance_sample(
             data.batches, options.sample_size(n, k), seed, reducer, data.row_offset
         )
-        if init == "random":
-            out = random_rows(sample, k)
-        else:
+        if len(rows) >= k:  # (a Bernoulli sample can fall short of k when m is near k)
             out = greedy_kmeans_pp(
-                sample.to(data.device),
+                rows.to(data.device),
                 k,
                 _generator(seed, 1),
                 options.local_trials(k),
+                weights=weights,
                 dtype=data.dtype,
             )
+        else:
+            out = _uniform_seed(data, k, seed, options, reducer, n, init)
+    else:
+        out = _uniform_seed(data, k, seed, options, reducer, n, init)
     out = reducer.broadcast(out.cpu())
     if out.shape[0] < k or not math.isfinite(float(out.sum())):
         raise RuntimeError(f"Seeding produced {out.shape[0]} centroids for k={k}.")
     return out.to(torch.float64)
+
+
+def _uniform_seed(
+    data: _Data, k: int, seed: int, options: KMeansOptions, reducer: LocalReducer, n: int, init: str
+) -> torch.Tensor:
+    """Random rows, or greedy k-means++ on a uniform sample."""
+    sample = uniform_sample(data.batches, options.sample_size(n, k), seed, reducer, data.row_offset)
+    if init == "random":
+        return random_rows(sample, k)
+    return greedy_kmeans_pp(
+        sample.to(data.device), k, _generator(seed, 1), options.local_trials(k), dtype=data.dtype
+    )

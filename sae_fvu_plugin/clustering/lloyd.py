@@ -68,44 +68,197 @@ class LloydState:
     movers: torch.Tensor | None = None  # centroids that jumped in the last update
 
 
-class Assigner:
-    """Nearest centroids for one set of centroids (float64 master, compute-dtype copy)."""
+_CANDIDATES = 8  # scores kept per row; rows with more candidates are rescored a level up
 
-    def __init__(self, centroids: torch.Tensor, dtype: torch.dtype) -> None:
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """The unit roundoff u of a matmul's inputs and output in ``dtype`` on ``device``: 2⁻⁸
+    for bfloat16, 2⁻¹¹ for float16, 2⁻²⁴ for float32 (2⁻¹¹ when torch may run float32
+    matmuls as TF32 / bfloat16: ``torch.get_float32_matmul_precision() != "highest"`` or,
+    on CUDA, ``torch.backends.cuda.matmul.allow_tf32``), 2⁻⁵³ for float64."""
+    if dtype == torch.float32:
+        cuda = torch.device(device).type == "cuda"
+        fast = torch.get_float32_matmul_precision() != "highest" or (
+            cuda and torch.backends.cuda.matmul.allow_tf32
+        )
+        return 2.0**-8 if fast else 2.0**-24
+    return float(torch.finfo(dtype).eps) / 2
+
+
+def accumulation_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """Unit roundoff of a matmul's accumulator: float32 for the half types (2⁻²⁴; on CUDA
+    2⁻⁸ when ``allow_bf16/fp16_reduced_precision_reduction`` lets cuBLAS reduce in the
+    half type), else the dtype's own."""
+    if dtype in (torch.bfloat16, torch.float16):
+        if torch.device(device).type == "cuda":
+            m = torch.backends.cuda.matmul
+            reduced = (
+                m.allow_bf16_reduced_precision_reduction
+                if dtype == torch.bfloat16
+                else m.allow_fp16_reduced_precision_reduction
+            )
+            if reduced:
+                return unit_roundoff(dtype)
+        return 2.0**-24
+    return unit_roundoff(dtype, device)
+
+
+class Assigner:
+    """Nearest centroids for one set of centroids (float64 master, data-dtype copy), every
+    label certified equal to the float64 argmin.
+
+    **Certified scores.** The score of centroid j for row x is T_j = ‖c_j‖² − 2 x·c_j
+    (‖x − c_j‖² = ‖x‖² + T_j). It is computed by one matmul in the score dtype (bfloat16,
+    float32 or float64) with an extra column, so that the value V_j it returns is a *lower
+    bound* V_j ≤ T_j ≤ V_j + 2 e_j, e_j = κ₁ ‖x‖ ‖c_j‖ + κ₂ ‖c_j‖²:
+
+        V = [x, ‖x‖] · [−2 c_j, −κ₁ ‖c_j‖]ᵀ + (1 − κ₂) ‖c_j‖²,
+
+    κ₁ = 1.25 (8u + 2γ), κ₂ = 4u, with u the unit roundoff of the score dtype and γ =
+    (d + 1) u_acc of its accumulator. κ₁ ‖x‖ ‖c‖ + κ₂ ‖c‖² bounds every rounding error
+    of the product (inputs rounded to the score dtype: (2u + u²) Σ |x_i c_i| ≤ (2u + u²)
+    ‖x‖ ‖c‖ by Cauchy–Schwarz; accumulation γ ‖x‖ ‖c‖; bias and output rounding
+    u (‖c‖² + 2 ‖x‖ ‖c‖) twice; the extra column's own error) with 25 % to spare.
+
+    With b the row's smallest V, the true nearest centroid j* has V_{j*} ≤ T_{j*} ≤ T_b ≤
+    V_b + 2 e_b, so it is among the candidates {j : V_j ≤ V_b + 2 e_b}. A row with one
+    candidate has its label; several (of the ``_CANDIDATES`` smallest) are rescored by
+    the exact float64 distance ‖x − c_j‖² (ties: the lowest index, as ``argmin``); rows
+    with more candidates are scored again one precision up (bfloat16 → float32 →
+    float64) and, at float64, against every centroid directly. The bounds kept for
+    Hamerly's pruning come from the same certified intervals.
+    """
+
+    def __init__(
+        self, centroids: torch.Tensor, dtype: torch.dtype, score_dtype: torch.dtype | None = None
+    ) -> None:
         self.c64 = centroids
         self.c = centroids.to(dtype)
         self.dtype = dtype
         self.sq = self.c.square().sum(1)
-        self.k = centroids.shape[0]
-        self.sq_max = float(self.sq.max())
+        self.k, d = centroids.shape
+        self.sq_max = float(self.sq.max()) if self.k else 0.0
         self.err = _ROUNDING * _eps(dtype)
         self.step = max(1, _SCORE_ELEMENTS // max(self.k, 1))
+        self.csq64 = centroids.square().sum(1)
+        self.cn64 = self.csq64.sqrt()
+        self.score_dtype = score_dtype or dtype
+        dev = centroids.device
+        u = unit_roundoff(self.score_dtype, dev)
+        gamma = (d + 1) * accumulation_roundoff(self.score_dtype, dev)
+        gamma /= max(1.0 - gamma, 1e-3)
+        self.k1, self.k2 = 1.25 * (8 * u + 2 * gamma), 4 * u
+        sd = self.score_dtype
+        self.c_aug = torch.cat([centroids, (self.k1 / 2) * self.cn64[:, None]], 1).to(sd)
+        self.bias = ((1 - self.k2) * self.csq64).to(sd)
+        self._up: Assigner | None = None
+
+    def _higher(self) -> Assigner | None:
+        """The same centroids one precision up (None at float64)."""
+        if self.score_dtype == torch.float64:
+            return None
+        if self._up is None:
+            up = torch.float32 if self.score_dtype in (torch.bfloat16, torch.float16) else None
+            if up is not None and unit_roundoff(up, self.c64.device) >= unit_roundoff(
+                self.score_dtype, self.c64.device
+            ):
+                up = None  # float32 matmuls run as TF32 / bfloat16 here: go to float64
+            self._up = Assigner(self.c64, self.dtype, up or torch.float64)
+        return self._up
 
     def full(self, x: torch.Tensor, sq: torch.Tensor | None = None) -> Rows:
-        """Scores against every centroid: label, and bounds from the best two (``sq``:
-        the rows' ‖z‖² when already known)."""
+        """Certified labels against every centroid, and bounds for Hamerly's pruning
+        (``sq``: the rows' ‖z‖² in float64, when already known)."""
         n = x.shape[0]
+        dev = x.device
         if sq is None:
-            sq = x.square().sum(1).double()
-        lab = torch.empty(n, dtype=torch.long, device=x.device)
-        upper = torch.empty(n, dtype=torch.float64, device=x.device)
-        lower = torch.empty(n, dtype=torch.float64, device=x.device)
+            sq = torch.empty(n, dtype=torch.float64, device=dev)
+            sub = sub_rows(x.shape[1], dev)
+            for s in range(0, n, sub):
+                sq[s : s + sub] = x[s : s + sub].to(torch.float64).square().sum(1)
+        lab = torch.empty(n, dtype=torch.long, device=dev)
+        upper = torch.empty(n, dtype=torch.float64, device=dev)
+        lower = torch.empty(n, dtype=torch.float64, device=dev)
+        if self.k == 0 or n == 0:
+            return Rows(lab, upper, lower, sq)
+        d = x.shape[1]
+        m = min(self.k, _CANDIDATES)
+        buf = torch.empty(min(self.step, n), d + 1, dtype=self.score_dtype, device=dev)
+        later: list[torch.Tensor] = []
         for s in range(0, n, self.step):
             xs = x[s : s + self.step]
-            scores = torch.addmm(self.sq, xs, self.c.T, beta=1, alpha=-2)
-            if self.k >= 2:
-                v, i = scores.topk(2, dim=1, largest=False)
-                b1, b2 = v[:, 0].double(), v[:, 1].double()
+            r = xs.shape[0]
+            xsq = sq[s : s + r]
+            xn = xsq.sqrt()
+            a = buf[:r]
+            a[:, :d] = xs
+            a[:, d] = xn
+            scores = torch.addmm(self.bias, a, self.c_aug.T, beta=1, alpha=-2)
+            v, idx = scores.topk(m, dim=1, largest=False)
+            v = v.double()
+            best = idx[:, 0]
+            thr = v[:, 0] + 2 * (self.k1 * xn * self.cn64[best] + self.k2 * self.csq64[best])
+            inside = v <= thr[:, None]  # candidates (a prefix: v is sorted)
+            n_cand = inside.sum(1)
+            over = (n_cand == m) & (m < self.k)
+            label = best.clone()
+            up = xsq + thr
+            lo = xsq + v[:, 1] if m >= 2 else torch.full_like(xsq, float("inf"))
+            many = torch.nonzero((n_cand > 1) & ~over).flatten()
+            if len(many):  # exact distances to the first `width` (a non-candidate is farther)
+                width = int(n_cand[many].max())
+                cand = idx[many, :width]
+                exact = self._exact(xs[many], cand)
+                dmin = exact.min(1, keepdim=True).values
+                pick = torch.where(exact == dmin, cand, self.k).min(1).values
+                others = exact.masked_fill(cand == pick[:, None], float("inf")).min(1).values
+                if width < m:
+                    others = torch.minimum(others, xsq[many] + v[many, width])
+                label[many], up[many], lo[many] = pick, dmin[:, 0], others
+            lab[s : s + r] = label
+            upper[s : s + r] = up.clamp_(min=0).sqrt_()
+            lower[s : s + r] = lo.clamp_(min=0).sqrt_()
+            if bool(over.any()):
+                later.append(torch.nonzero(over).flatten() + s)
+        if later:
+            redo = torch.cat(later)
+            higher = self._higher()
+            if higher is not None:
+                again = higher.full(x[redo], sq[redo])
+                lab[redo], upper[redo], lower[redo] = again.labels, again.upper, again.lower
             else:
-                b1 = scores[:, 0].double()
-                i = torch.zeros(xs.shape[0], 1, dtype=torch.long, device=x.device)
-                b2 = torch.full_like(b1, float("inf"))
-            xsq = sq[s : s + self.step]
-            err = self.err * (xsq + self.sq_max)
-            lab[s : s + self.step] = i[:, 0]
-            upper[s : s + self.step] = (xsq + b1 + err).clamp_(min=0).sqrt_()
-            lower[s : s + self.step] = (xsq + b2 - err).clamp_(min=0).sqrt_()
+                lab[redo], upper[redo], lower[redo] = self._exhaustive(x[redo])
         return Rows(lab, upper, lower, sq)
+
+    def _exact(self, x: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """‖x_i − c_{cand[i, r]}‖² in float64, directly (rows, width)."""
+        out = torch.empty(cand.shape, dtype=torch.float64, device=x.device)
+        step = max(1, sub_rows(x.shape[1], x.device) // max(cand.shape[1], 1))
+        for s in range(0, x.shape[0], step):
+            diff = x[s : s + step, None, :].to(torch.float64) - self.c64[cand[s : s + step]]
+            out[s : s + step] = diff.square_().sum(2)
+        return out
+
+    def _exhaustive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Label (lowest index on ties), distance and distance to the next centroid, every
+        ‖x − c_j‖² in float64 directly: the last resort for rows with many near ties."""
+        n = x.shape[0]
+        best = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
+        second = best.clone()
+        lab = torch.zeros(n, dtype=torch.long, device=x.device)
+        width = max(2, sub_rows(x.shape[1], x.device) // max(n, 1))
+        x64 = x.to(torch.float64)
+        for j in range(0, self.k, width):
+            dist = (x64[:, None, :] - self.c64[None, j : j + width]).square_().sum(2)
+            cmin, cidx = dist.min(1)  # the first (lowest) index on ties
+            rest = dist.scatter(1, cidx[:, None], float("inf")).min(1).values
+            closer = cmin < best  # an earlier chunk keeps a tie
+            second = torch.minimum(
+                torch.where(closer, best, second), torch.where(closer, rest, cmin)
+            )
+            lab = torch.where(closer, cidx + j, lab)
+            best = torch.where(closer, cmin, best)
+        return lab, best.sqrt(), second.sqrt()
 
     def own(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Exact (float64) distance of each row to the given centroid."""
@@ -267,6 +420,7 @@ def lloyd(
     empty: str = "split",
     seed: int = 0,
     on_iteration: Callable[[LloydState], None] | None = None,
+    score_dtype: torch.dtype | None = None,
 ) -> LloydResult:
     """Iterate from ``state`` until ``n_iter`` iterations, no label change, or a centre
     shift Σ_k ‖Δc_k‖² ≤ ``tol`` × Σ_n ‖z_n‖² / (N d) (scikit-learn's rule: ``tol`` times the
@@ -285,7 +439,7 @@ def lloyd(
         started = time.perf_counter()
         fresh = state.rows is None
         old = state.centroids
-        assigner = Assigner(old, compute_dtype)
+        assigner = Assigner(old, compute_dtype, score_dtype)
         sums, counts, changed, scored, sq_sum, rows_out = _assignment_pass(
             batches, state, assigner, compute_dtype, reducer, count_sq=sq_total is None
         )
@@ -315,7 +469,7 @@ def lloyd(
         state.converged = (not fresh and changed == 0) or shift <= tol_abs
         if on_iteration is not None:
             on_iteration(state)
-    result = final_assignment(batches, state, compute_dtype, reducer)
+    result = final_assignment(batches, state, compute_dtype, reducer, score_dtype)
     result.sq_total = sq_total
     return result
 
@@ -396,13 +550,17 @@ def refill_empty(
 
 
 def final_assignment(
-    batches: Batches, state: LloydState, compute_dtype: torch.dtype, reducer: LocalReducer
+    batches: Batches,
+    state: LloydState,
+    compute_dtype: torch.dtype,
+    reducer: LocalReducer,
+    score_dtype: torch.dtype | None = None,
 ) -> LloydResult:
     """Labels against ``state.centroids`` and the exact float64 inertia (``state`` is not
     modified, so a checkpoint taken after it resumes to the same result)."""
     k = state.centroids.shape[0]
     dev = state.centroids.device
-    assigner = Assigner(state.centroids, compute_dtype)
+    assigner = Assigner(state.centroids, compute_dtype, score_dtype)
     labels: list[torch.Tensor] = []
     totals = torch.zeros(k + 1, dtype=torch.float64, device=dev)
     for i, x in enumerate(batches()):

@@ -60,6 +60,60 @@ def uniform_sample(
     return all_rows[order]
 
 
+def importance_sample(
+    batches: Batches, m: int, seed: int, reducer: LocalReducer, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weighted sample of about m rows that sees the tails (a lightweight coreset,
+    Bachem, Lucic & Krause 2018), from all rows of all ranks.
+
+    On centred data z (N rows, S = Σ_n ‖z_n‖²) row n has importance
+    q_n = ½ / N + ½ ‖z_n‖² / S and is kept independently with probability
+    p_n = min(1, m q_n), weighted 1 / p_n, so Σ_kept w_n f(z_n) is an unbiased estimate of
+    Σ_n f(z_n) for any f (the k-means potential of every candidate centre set included). A
+    rare, far-out row (a massive-activation token) is kept with probability near 1 and
+    weight near 1 instead of being missed by a uniform sample. Two passes; row g (its
+    global index) uses the g-th draw of one stream keyed by ``seed``, so the sample is the
+    same whatever the number of ranks. With m ≥ N every row is kept with weight 1.
+    Returns (rows float64, weights float64), in global row order."""
+    totals = torch.zeros(2, dtype=torch.float64)
+    for b in batches():
+        totals[0] += b.shape[0]
+        totals[1] += float(b.square().sum(1).sum(dtype=torch.float64))
+    n, total = reducer.sum_(totals).tolist()
+    gen = _generator(seed, 0, 11)
+    left = offset
+    while left > 0:  # skip the draws of the rows on the ranks before this one
+        step = min(left, 1 << 22)
+        torch.rand(step, generator=gen, dtype=torch.float64)
+        left -= step
+    rows: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
+    keys: list[torch.Tensor] = []
+    seen = offset
+    for b in batches():
+        if b.shape[0] == 0:
+            continue
+        u = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
+        sq = b.square().sum(1).to("cpu", torch.float64)
+        q = 0.5 / n + (0.5 * sq / total if total > 0 else 0.5 / n)
+        p = torch.ones_like(q) if m >= n else (m * q).clamp_(max=1.0)
+        keep = torch.nonzero(u < p).flatten()
+        rows.append(b[keep.to(b.device)].to("cpu", torch.float64))
+        weights.append(1.0 / p[keep])
+        keys.append((keep + seen).to(torch.float64))
+        seen += b.shape[0]
+    d = rows[0].shape[1] if rows else 0
+    mine = (
+        torch.cat(keys) if keys else torch.empty(0, dtype=torch.float64),
+        torch.cat(rows) if rows else torch.empty(0, d, dtype=torch.float64),
+        torch.cat(weights) if weights else torch.empty(0, dtype=torch.float64),
+    )
+    parts = [part for part in reducer.gather(mine) if len(part[0])] or [mine]
+    order = torch.argsort(torch.cat([part[0] for part in parts]))  # global row order
+    kept = torch.cat([part[1] for part in parts])[order]
+    return kept, torch.cat([part[2] for part in parts])[order]
+
+
 def greedy_kmeans_pp(
     points: torch.Tensor,
     k: int,

@@ -1,0 +1,100 @@
+"""Certified nearest-centroid assignment: every label equals the float64 argmin of the
+direct distance ‖x − c‖², in every score precision, on data built to break a naive one
+(a large offset, hundreds of rows within a hair of a tie, exact ties)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_fvu_plugin.clustering import fit_kmeans
+from sae_fvu_plugin.clustering.lloyd import Assigner
+from sae_fvu_plugin.clustering.precision import calibration, resolve_score_dtype
+
+DTYPES = [torch.bfloat16, torch.float32, torch.float64]
+
+
+def reference(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 direct distances (n, k): argmin (first index on ties) and the matrix."""
+    dist = (x.double()[:, None, :] - c.double()[None]).square().sum(2)
+    return dist.argmin(1), dist
+
+
+def hard_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 rows at offset 1000: ordinary rows, 400 rows within ~1e-6 (relative) of
+    the midpoint of two centroids, rows on a duplicated centroid pair (exact ties)."""
+    g = torch.Generator().manual_seed(seed)
+    k, d = 96, 48
+    c = 1000.0 + torch.randn(k, d, generator=g, dtype=torch.float64)
+    c[7] = c[3]  # an exact duplicate: rows nearest to it must get label 3
+    plain = c[torch.randint(k, (600,), generator=g)] + 0.6 * torch.randn(
+        600, d, generator=g, dtype=torch.float64
+    )
+    i, j = torch.randint(k, (400,), generator=g), torch.randint(k, (400,), generator=g)
+    mid = (c[i] + c[j]) / 2 + 1e-4 * torch.randn(400, d, generator=g, dtype=torch.float64)
+    on_dup = c[3] + 0.1 * torch.randn(50, d, generator=g, dtype=torch.float64)
+    return torch.cat([plain, mid, on_dup]).float(), c
+
+
+@pytest.mark.parametrize("score_dtype", DTYPES)
+def test_labels_equal_the_float64_argmin_in_every_precision(score_dtype):
+    x, c = hard_data()
+    want, dist = reference(x, c)
+    rows = Assigner(c, torch.float32, score_dtype).full(x)
+    assert int((rows.labels != want).sum()) == 0
+    assert bool((rows.labels[-50:] == 3).all())  # the tie goes to the lower index
+    # Hamerly's bounds hold: upper ≥ own distance, lower ≤ distance to every other centroid
+    own = dist.gather(1, want[:, None])[:, 0].sqrt()
+    others = dist.scatter(1, want[:, None], float("inf")).min(1).values.sqrt()
+    assert bool((rows.upper >= own * (1 - 1e-12)).all())
+    assert bool((rows.lower <= others * (1 + 1e-12)).all())
+
+
+def test_the_data_breaks_a_naive_low_precision_argmin():
+    """Without the certificate, the same data gives wrong labels (the test above can fail)."""
+    x, c = hard_data()
+    want, _ = reference(x, c)
+    for dt in (torch.bfloat16, torch.float32):
+        naive = torch.addmm(c.square().sum(1).to(dt), x.to(dt), c.to(dt).T, alpha=-2).argmin(1)
+        assert int((naive != want).sum()) > 10, dt
+
+
+def test_rows_with_many_near_ties_are_rescored_a_level_up():
+    """Every centroid within the bfloat16 bound of the row: candidates overflow the top-8
+    and the row is settled in float32, then float64."""
+    g = torch.Generator().manual_seed(1)
+    d = 32
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    c = base + 1e-5 * torch.randn(
+        40, d, generator=g, dtype=torch.float64
+    )  # 40 near-equal centroids
+    x = (base + 1e-5 * torch.randn(30, d, generator=g, dtype=torch.float64)).float()
+    want, _ = reference(x, c)
+    for dt in DTYPES:
+        assert torch.equal(Assigner(c, torch.float32, dt).full(x).labels, want), dt
+
+
+def test_a_fit_is_identical_in_every_precision():
+    """Certified labels make the whole fit independent of the score precision."""
+    x, c = hard_data(2)
+    fits = [
+        fit_kmeans(x, 24, n_iter=6, seed=0, compute_dtype=name, progress=False)
+        for name in ("bfloat16", "float32", "float64")
+    ]
+    for other in fits[1:]:
+        assert torch.equal(other.W_enc, fits[0].W_enc)
+        assert other.cfg.metadata.inertia == fits[0].cfg.metadata.inertia
+
+
+def test_auto_precision_is_a_cached_measurement(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_FVU_CACHE", str(tmp_path))
+    cal = calibration("cpu")
+    assert cal["choice"] in ("bfloat16", "float32")
+    assert cal["float32"] > 0 and cal["bfloat16"] > 0
+    assert (tmp_path / "calibration.json").is_file()
+    assert resolve_score_dtype("auto", "cpu") == getattr(torch, cal["choice"])
+    assert resolve_score_dtype("float64", "cpu") == torch.float64
+    with pytest.raises(ValueError, match="compute_dtype must be"):
+        resolve_score_dtype("half", "cpu")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        fit_kmeans(torch.randn(50, 4), 3, compute_dtype="fp8", progress=False)
