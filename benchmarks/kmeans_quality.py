@@ -51,6 +51,11 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--data", nargs="+", default=["L3", "L15", "mixture"])
     p.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--samplings", nargs="+", default=["uniform", "importance"])
+    p.add_argument("--empties", nargs="+", default=["split", "farthest"])
+    p.add_argument(
+        "--samples", nargs="+", type=int, default=[0], help="init_sample values (0: default)"
+    )
     a = p.parse_args()
     from kmeans import real_activations
     from kmeans_seeding import mixture
@@ -59,8 +64,8 @@ def main() -> None:
     from sae_fvu_plugin.clustering import fit_kmeans
 
     torch.set_num_threads(torch.get_num_threads())
-    variants = list(itertools.product(["uniform", "importance"], ["split", "farthest"]))
-    head = " | ".join(f"{s[:4]}+{e[:5]:>5} mean  worst   s" for s, e in variants)
+    variants = list(itertools.product(a.samplings, a.empties, a.samples))
+    head = " | ".join(f"{s[:4]}+{e[:5]:>5}+{m or 'def':>5} mean worst   s" for s, e, m in variants)
     print(f"ratios: ours / scikit-learn, mean inertia over {a.seeds} seeds, {a.iters} iterations")
     print(f"{'data':>8} {'k':>5} | {'sklearn s':>9} | {head}")
     for name, k in itertools.product(a.data, a.ks):
@@ -76,7 +81,7 @@ def main() -> None:
                 sk_t += time.perf_counter() - t
                 sk.append(inertia(x, torch.from_numpy(km.cluster_centers_)))
         cells = []
-        for sampling, empty in variants:
+        for sampling, empty, m in variants:
             vals, secs = [], 0.0
             for seed in range(a.seeds):
                 t = time.perf_counter()
@@ -87,6 +92,7 @@ def main() -> None:
                     n_iter=a.iters,
                     init_sampling=sampling,
                     empty=empty,
+                    init_sample=m or None,
                     progress=False,
                 )
                 secs += time.perf_counter() - t

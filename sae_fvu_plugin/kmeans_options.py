@@ -53,7 +53,7 @@ class KMeansOptions:
     )
     init_sample: int | None = _opt(
         None,
-        "rows sampled uniformly for k-means++ / random seeding (default min(N, max(10000, 2k)))",
+        "rows sampled for k-means++ / random seeding (default min(N, max(32768, 32k)))",
     )
     init_sampling: str = _opt(
         "importance",
@@ -150,10 +150,11 @@ class KMeansOptions:
         return self.n_local_trials or 2 + int(math.log(k))
 
     def sample_size(self, n: int, k: int) -> int:
-        """Rows sampled for seeding: ``init_sample`` or min(N, max(10000, 2k)), at least k.
-        (Greedy k-means++ reads the whole sample once per centre; at 2k rows it stays in a
-        CPU's last-level cache for k up to ~4096 at d = 576.)"""
-        m = self.init_sample or max(10_000, 2 * k)
+        """Rows sampled for seeding: ``init_sample`` or min(N, max(32768, 32k)), at least k.
+        (Measured on SmolLM2 activations at k = 1024, 32,768 rows: greedy k-means++ on 10,000
+        sampled rows ends 1.6–5 % above scikit-learn's full-data seeding, on 20,000 rows
+        0.7–1.7 %, on all rows 0.2 % below; ``benchmarks/kmeans_quality.py``.)"""
+        m = self.init_sample or max(32_768, 32 * k)
         return max(min(n, m), min(n, k))
 
 

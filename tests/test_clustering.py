@@ -284,6 +284,7 @@ def test_checkpoint_records_every_option(x, tmp_path):
         (dict(n_init=2), "n_init"),
         (dict(n_local_trials=7), "n_local_trials"),
         (dict(tol=1e-3), "tol"),
+        (dict(init_sampling="uniform"), "init_sampling"),
     ):
         with pytest.raises(CheckpointError, match=f"{name}: saved"):
             fit_kmeans(x, 4, n_iter=10, progress=False, checkpoint=ck, **(dict(tol=0.0) | change))
@@ -292,6 +293,11 @@ def test_checkpoint_records_every_option(x, tmp_path):
     with pytest.raises(CheckpointError, match="compute_dtype"):
         fit_kmeans(x.float(), 4, n_iter=10, tol=0.0, progress=False, checkpoint=ck)
     assert ck.read_bytes() == before
+    # the score precision is not a setting: the labels do not depend on it
+    again = fit_kmeans(
+        x, 4, n_iter=10, tol=0.0, progress=False, checkpoint=ck, compute_dtype="bfloat16"
+    )
+    assert again.cfg.metadata.fit["settings"]["score_dtype"] == "torch.bfloat16"
 
 
 def test_larger_n_iter_continues_a_finished_run(tmp_path):

@@ -235,7 +235,8 @@ def fit_codebook(
         stats=stats,
         pca=pca,
         passes=data.passes,
-        settings=settings | {"n_iter": options.n_iter},
+        # the score precision changes the speed only (labels are certified): not a setting
+        settings=settings | {"n_iter": options.n_iter, "score_dtype": str(score_dtype)},
     )
 
 
@@ -281,6 +282,7 @@ def fit_settings(
         "oversampling": options.oversampling,
         "init_rounds": options.init_rounds,
         "empty": options.empty,
+        "init_sampling": options.init_sampling,
         "seed": options.seed,
         "input_dtype": str(stats.dtype),
         "compute_dtype": str(compute_dtype),

@@ -69,6 +69,7 @@ class LloydState:
 
 
 _CANDIDATES = 8  # scores kept per row; rows with more candidates are rescored a level up
+_DEMOTE_SHARE = 0.25  # a chunk escalating more rows than this: go up a precision for good
 
 
 def unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
@@ -125,8 +126,12 @@ class Assigner:
     candidate has its label; several (of the ``_CANDIDATES`` smallest) are rescored by
     the exact float64 distance ‖x − c_j‖² (ties: the lowest index, as ``argmin``); rows
     with more candidates are scored again one precision up (bfloat16 → float32 →
-    float64) and, at float64, against every centroid directly. The bounds kept for
-    Hamerly's pruning come from the same certified intervals.
+    float64) and, at float64, against every centroid directly. When a chunk escalates
+    more than a quarter of its rows (data without cluster structure at this k: every
+    centroid near every row, relative to the bfloat16 bound), the precision is not paying:
+    the rest of the pass, and the next Lloyd iterations, score one level up
+    (``demoted``). The bounds kept for Hamerly's pruning come from the same certified
+    intervals.
     """
 
     def __init__(
@@ -152,6 +157,13 @@ class Assigner:
         self.c_aug = torch.cat([centroids, (self.k1 / 2) * self.cn64[:, None]], 1).to(sd)
         self.bias = ((1 - self.k2) * self.csq64).to(sd)
         self._up: Assigner | None = None
+        self.counts = {"rows": 0, "rescored": 0, "escalated": 0}  # full(): rows, near ties
+        self.demoted = False  # too many near ties for this precision: the next one scores
+
+    def next_dtype(self) -> torch.dtype:
+        """The precision rows escalate to (float64 at the top)."""
+        up = self._higher()
+        return torch.float64 if up is None else up.score_dtype
 
     def _higher(self) -> Assigner | None:
         """The same centroids one precision up (None at float64)."""
@@ -186,6 +198,9 @@ class Assigner:
         buf = torch.empty(min(self.step, n), d + 1, dtype=self.score_dtype, device=dev)
         later: list[torch.Tensor] = []
         for s in range(0, n, self.step):
+            if self.demoted:  # the rest one precision up, as a block
+                later.append(torch.arange(s, n, device=dev))
+                break
             xs = x[s : s + self.step]
             r = xs.shape[0]
             xsq = sq[s : s + r]
@@ -215,13 +230,19 @@ class Assigner:
                 if width < m:
                     others = torch.minimum(others, xsq[many] + v[many, width])
                 label[many], up[many], lo[many] = pick, dmin[:, 0], others
+            self.counts["rows"] += r
+            self.counts["rescored"] += len(many)
             lab[s : s + r] = label
             upper[s : s + r] = up.clamp_(min=0).sqrt_()
             lower[s : s + r] = lo.clamp_(min=0).sqrt_()
-            if bool(over.any()):
+            n_over = int(over.sum())
+            if n_over:
                 later.append(torch.nonzero(over).flatten() + s)
+                if n_over > _DEMOTE_SHARE * r and self.score_dtype != torch.float64:
+                    self.demoted = True
         if later:
             redo = torch.cat(later)
+            self.counts["escalated"] += len(redo)
             higher = self._higher()
             if higher is not None:
                 again = higher.full(x[redo], sq[redo])
@@ -440,6 +461,7 @@ def lloyd(
         fresh = state.rows is None
         old = state.centroids
         assigner = Assigner(old, compute_dtype, score_dtype)
+        score_dtype = assigner.score_dtype
         sums, counts, changed, scored, sq_sum, rows_out = _assignment_pass(
             batches, state, assigner, compute_dtype, reducer, count_sq=sq_total is None
         )
@@ -457,6 +479,8 @@ def lloyd(
         shift = float(drift.sum())
         drift = drift.sqrt_()
         movers = movers_of(drift)
+        if assigner.demoted:  # later iterations score one precision up from the start
+            score_dtype = assigner.next_dtype()
         state.rows = [_shift_bounds(r, drift, movers) for r in rows_out]
         state.movers = movers
         state.history.append(inertia)
