@@ -44,6 +44,8 @@ bench: bench-setup
 	$(PY) benchmarks/saebench_overhead.py
 	$(PY) benchmarks/kmeans_seeding.py
 	$(PY) benchmarks/kmeans.py
+	$(PY) benchmarks/kmeans_quality.py
+	$(PY) benchmarks/assign.py
 
 schema: setup
 	$(PY) -c "import sae_fvu_plugin.saebench as s; print(s.write_schema())"

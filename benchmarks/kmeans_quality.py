@@ -6,7 +6,10 @@ recomputed the same way for everyone) of:
 * scikit-learn ``KMeans(n_init=1, random_state=seed, max_iter=ITERS)`` (greedy k-means++
   on all rows: the quality reference);
 * ours, ``fit_kmeans(x, k, seed=seed, n_iter=ITERS)`` with every combination of
-  ``init_sampling`` ∈ {uniform, importance} and ``empty`` ∈ {split, farthest}.
+  ``init_sampling`` ∈ {uniform, importance} (``importance@0.5``: tail share α = 0.5),
+  ``empty`` ∈ {split, farthest} and ``init_sample`` (``--samples``).
+
+scikit-learn's inertias are cached in the package cache (``bench/sklearn_inertia.json``).
 
 Printed: ratio of mean inertias over the seeds (ours / scikit-learn), the worst single-seed
 ratio and the mean seconds per fit. Data: SmolLM2-135M ``blocks.{3,15}.hook_resid_post``
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 import warnings
 
@@ -61,7 +65,12 @@ def main() -> None:
     from kmeans_seeding import mixture
     from sklearn.cluster import KMeans
 
-    from sae_fvu_plugin.clustering import fit_kmeans
+    from sae_fvu_plugin.clustering import fit_kmeans, seeding
+    from sae_fvu_plugin.data import cache_dir
+
+    tail_default = seeding._TAIL_SHARE
+    sk_cache = cache_dir() / "bench" / "sklearn_inertia.json"
+    known = json.loads(sk_cache.read_text()) if sk_cache.is_file() else {}
 
     torch.set_num_threads(torch.get_num_threads())
     variants = list(itertools.product(a.samplings, a.empties, a.samples))
@@ -75,22 +84,29 @@ def main() -> None:
             x = real_activations(a.tokens, layer=int(name[1:]))
         sk, sk_t = [], 0.0
         for seed in range(a.seeds):
-            if a.sklearn:
+            key = f"{name}|{a.tokens}|{k}|{seed}|{a.iters}"
+            if key in known:  # (cached: the seconds column then shows 0)
+                sk.append(known[key])
+            elif a.sklearn:
                 t = time.perf_counter()
                 km = KMeans(k, n_init=1, random_state=seed, max_iter=a.iters).fit(x.numpy())
                 sk_t += time.perf_counter() - t
                 sk.append(inertia(x, torch.from_numpy(km.cluster_centers_)))
+                known[key] = sk[-1]
+                sk_cache.parent.mkdir(parents=True, exist_ok=True)
+                sk_cache.write_text(json.dumps(known, indent=1))
         cells = []
         for sampling, empty, m in variants:
             vals, secs = [], 0.0
             for seed in range(a.seeds):
                 t = time.perf_counter()
+                seeding._TAIL_SHARE = float(sampling.partition("@")[2] or tail_default)
                 sae = fit_kmeans(
                     x,
                     k,
                     seed=seed,
                     n_iter=a.iters,
-                    init_sampling=sampling,
+                    init_sampling=sampling.partition("@")[0],
                     empty=empty,
                     init_sample=m or None,
                     progress=False,

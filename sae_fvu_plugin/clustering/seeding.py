@@ -60,6 +60,9 @@ def uniform_sample(
     return all_rows[order]
 
 
+_TAIL_SHARE = 0.1  # α: the share of the sample drawn ∝ ‖z‖² (benchmarks/kmeans_quality.py)
+
+
 def importance_sample(
     batches: Batches, m: int, seed: int, reducer: LocalReducer, offset: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +70,7 @@ def importance_sample(
     Bachem, Lucic & Krause 2018), from all rows of all ranks.
 
     On centred data z (N rows, S = Σ_n ‖z_n‖²) row n has importance
-    q_n = ½ / N + ½ ‖z_n‖² / S and is kept independently with probability
+    q_n = (1 − α) / N + α ‖z_n‖² / S (α = 0.1) and is kept independently with probability
     p_n = min(1, m q_n), weighted 1 / p_n, so Σ_kept w_n f(z_n) is an unbiased estimate of
     Σ_n f(z_n) for any f (the k-means potential of every candidate centre set included). A
     rare, far-out row (a massive-activation token) is kept with probability near 1 and
@@ -95,7 +98,8 @@ def importance_sample(
             continue
         u = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
         sq = b.square().sum(1).to("cpu", torch.float64)
-        q = 0.5 / n + (0.5 * sq / total if total > 0 else 0.5 / n)
+        a = _TAIL_SHARE if total > 0 else 0.0
+        q = (1 - a) / n + (a * sq / total if total > 0 else 0.0)
         p = torch.ones_like(q) if m >= n else (m * q).clamp_(max=1.0)
         keep = torch.nonzero(u < p).flatten()
         rows.append(b[keep.to(b.device)].to("cpu", torch.float64))
