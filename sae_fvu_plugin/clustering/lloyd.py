@@ -193,6 +193,7 @@ class Assigner:
         lower = torch.empty(n, dtype=torch.float64, device=dev)
         if self.k == 0 or n == 0:
             return Rows(lab, upper, lower, sq)
+        self.counts["rows"] += n
         d = x.shape[1]
         m = min(self.k, _CANDIDATES)
         buf = torch.empty(min(self.step, n), d + 1, dtype=self.score_dtype, device=dev)
@@ -230,7 +231,6 @@ class Assigner:
                 if width < m:
                     others = torch.minimum(others, xsq[many] + v[many, width])
                 label[many], up[many], lo[many] = pick, dmin[:, 0], others
-            self.counts["rows"] += r
             self.counts["rescored"] += len(many)
             lab[s : s + r] = label
             upper[s : s + r] = up.clamp_(min=0).sqrt_()
