@@ -25,6 +25,18 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _row_stream(offset: int, *key: int) -> torch.Generator:
+    """The generator keyed by ``key``, past the draws of the first ``offset`` rows (those on
+    the ranks before this one), so row g always gets the g-th draw whatever the ranks."""
+    gen = _generator(*key)
+    left = offset
+    while left > 0:
+        step = min(left, 1 << 22)
+        torch.rand(step, generator=gen, dtype=torch.float64)
+        left -= step
+    return gen
+
+
 def uniform_sample(
     batches: Batches, m: int, seed: int, reducer: LocalReducer, offset: int = 0
 ) -> torch.Tensor:
@@ -34,12 +46,7 @@ def uniform_sample(
     Row g (its global index: ``offset``, the rows on the ranks before this one, plus its
     place here) gets the g-th draw of one stream keyed by ``seed``, so the sample — and
     every seeding built on it — is the same whatever the number of ranks."""
-    gen = _generator(seed, 0, 7)
-    left = offset
-    while left > 0:  # skip the draws of the rows on the ranks before this one
-        step = min(left, 1 << 22)
-        torch.rand(step, generator=gen, dtype=torch.float64)
-        left -= step
+    gen = _row_stream(offset, seed, 0, 7)
     keys = torch.empty(0, dtype=torch.float64)
     rows: torch.Tensor | None = None
     for b in batches():
@@ -83,12 +90,7 @@ def importance_sample(
         totals[0] += b.shape[0]
         totals[1] += float(b.square().sum(1).sum(dtype=torch.float64))
     n, total = reducer.sum_(totals).tolist()
-    gen = _generator(seed, 0, 11)
-    left = offset
-    while left > 0:  # skip the draws of the rows on the ranks before this one
-        step = min(left, 1 << 22)
-        torch.rand(step, generator=gen, dtype=torch.float64)
-        left -= step
+    gen = _row_stream(offset, seed, 0, 11)
     rows: list[torch.Tensor] = []
     weights: list[torch.Tensor] = []
     keys: list[torch.Tensor] = []
