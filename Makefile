@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint pytest docs-test patches-check bench bench-setup schema
+.PHONY: setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
@@ -35,7 +35,12 @@ docs-test: setup
 patches-check: setup
 	$(PY) scripts/patches.py check
 
-test: lint pytest docs-test patches-check
+# A plain `uv pip install` of the plugin's wheel next to sae-bench==0.6.0 in a scratch
+# environment (what a pip user gets), then the README's SAEBench block in it.
+install-check: setup
+	bash scripts/install_check.sh
+
+test: lint pytest docs-test patches-check install-check
 
 bench-setup: setup
 	$(VENV)/bin/uv pip install -q --python $(PY) -c $(VENV)/constraints.txt faiss-cpu fast-pytorch-kmeans

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ._compat import ensure_datasets_can_format
 from .accumulator import FVUAccumulator
 from .definitions import DEFINITIONS
 from .stats import FVUWarning, NonFiniteError
@@ -415,6 +416,7 @@ class Patcher:
         if self._saved:
             return
         self._check()
+        ensure_datasets_can_format()
         targets = self._targets()
         for module, attr, _ in targets:
             if not hasattr(module, attr):

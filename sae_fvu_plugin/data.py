@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ._compat import ensure_datasets_can_format
 from .hooks import OFFLINE_DATASET, OFFLINE_MODEL
 
 SMOLLM2 = OFFLINE_MODEL
@@ -62,6 +63,7 @@ def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int = 1024) -
     (first load ~40 s, later ~3 s). Any other name goes to TransformerLens's
     ``from_pretrained_no_processing`` (needs the hub).
     """
+    ensure_datasets_can_format()
     from transformer_lens import HookedTransformer
 
     if name != SMOLLM2:

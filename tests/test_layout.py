@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parent.parent / "sae_fvu_plugin"
 
 # Lowest first; a module may import its own layer or lower ones (longest prefix wins).
 LAYERS = [
-    ["validate", "definitions", "stats", "hooks", "kmeans_options"],
+    ["validate", "definitions", "stats", "hooks", "kmeans_options", "_compat"],
     ["bootstrap", "functional", "accumulator_state", "accumulator", "provenance", "data"],
     ["_integration", "saebench", "saelens", "sae_io", "clustering", "held_out"],
     ["experiments"],

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._compat import ensure_datasets_can_format
+
 
 def collect_activations(
     model: Any,
@@ -33,6 +35,7 @@ def collect_activations(
     """
     from sae_lens import ActivationsStore
 
+    ensure_datasets_can_format()
     rows_per_ctx = context_size - (1 if drop_first_position else 0)
     n_prompts = -(-n_tokens // rows_per_ctx)
     hooks = [hook_name] if isinstance(hook_name, str) else list(hook_name)
