@@ -1,0 +1,44 @@
+"""Every figure in the README's Results section is read from the committed results of one
+`make demo` run (docs/results/): the section is re-rendered from them and must be equal."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts/readme_results.py")
+assert _spec is not None and _spec.loader is not None
+rr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rr)
+
+
+def test_readme_results_are_rendered_from_the_committed_results():
+    sweep, frontier = rr.load()
+    assert rr.current_section() == rr.render(sweep, frontier), (
+        "README.md's Results differ from docs/results/: run "
+        "`python scripts/readme_results.py collect` after `make demo`"
+    )
+
+
+def test_a_changed_result_changes_the_readme():
+    sweep, frontier = rr.load()
+    row = rr._row(sweep, 15, "real", False, 16, 0)
+    assert f"{row['ev_fvu_a']:.3f} ± " in rr.render(sweep, frontier)
+    changed = copy.deepcopy(sweep)
+    rr._row(changed, 15, "real", False, 16, 0)["ev_fvu_a"] += 0.01
+    assert rr.render(changed, frontier) != rr.render(sweep, frontier)
+    f2 = copy.deepcopy(frontier)
+    f2["summary"]["3"]["vs_kmeans_at_equal_d_sae"][0]["paired_ci"][0] -= 0.01
+    assert rr.render(sweep, f2) != rr.render(sweep, frontier)
+
+
+def test_the_committed_plots_and_results_are_those_the_readme_names():
+    for name in ("sweep.json", "frontier.json"):
+        assert (ROOT / "docs/results" / name).is_file()
+    text = (ROOT / "README.md").read_text()
+    for plots in rr.PLOTS.values():
+        for plot in plots:
+            assert (ROOT / "docs" / plot).is_file(), plot
+    assert "docs/frontier.png" in text
