@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
+.PHONY: readme-results setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
@@ -54,3 +54,7 @@ bench: bench-setup
 
 schema: setup
 	$(PY) -c "import sae_fvu_plugin.saebench as s; print(s.write_schema())"
+
+# After `make demo`: docs/results/, docs/*.png and the README's Results from out/.
+readme-results: setup
+	$(PY) scripts/readme_results.py collect

@@ -42,3 +42,17 @@ def test_the_committed_plots_and_results_are_those_the_readme_names():
         for plot in plots:
             assert (ROOT / "docs" / plot).is_file(), plot
     assert "docs/frontier.png" in text
+
+
+def test_a_cached_rerun_keeps_the_minutes_of_the_run_that_computed(tmp_path):
+    import json
+
+    from sae_fvu_plugin.experiments.runner import _minutes_computed
+
+    prev = tmp_path / "results.json"
+    assert _minutes_computed(prev, 0.1, []) == 0.1  # nothing recorded before
+    prev.write_text(json.dumps({"minutes": 5.7}))
+    assert _minutes_computed(prev, 0.1, []) == 5.7  # everything cached: carried forward
+    prev.write_text(json.dumps({"minutes": 0.1, "minutes_computed": 5.7}))
+    assert _minutes_computed(prev, 0.1, []) == 5.7
+    assert _minutes_computed(prev, 3.0, ["a point"]) == 3.0  # computed now

@@ -138,6 +138,7 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     summary = spec.summarize(rows, context)
     result = {"config": dataclasses.asdict(cfg), **summary, "rows": rows}
     result["minutes"] = (time.time() - t0) / 60
+    result["minutes_computed"] = _minutes_computed(out / "results.json", result["minutes"], todo)
     (out / "results.json").write_text(json.dumps(plain(result), indent=1))
     write_csv(rows, out / "results.csv", spec.csv_columns, intervals=spec.csv_intervals)
     print(spec.report(rows, summary))
@@ -151,3 +152,16 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         f"SAEs in {out}/saes/"
     )
     return result
+
+
+def _minutes_computed(previous: Path, minutes: float, todo: list[Point]) -> float:
+    """Wall minutes of the run that computed the rows: this run's when it computed any;
+    when every point came from the cache, the value the earlier ``results.json`` recorded
+    (a rerun that only reprints and replots does not overwrite it with seconds)."""
+    if todo or not previous.is_file():
+        return minutes
+    try:
+        old = json.loads(previous.read_text())
+        return float(old.get("minutes_computed", old["minutes"]))
+    except (ValueError, KeyError, TypeError):
+        return minutes

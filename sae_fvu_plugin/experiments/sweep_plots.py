@@ -91,7 +91,7 @@ def fvu_a_vs_fvu_b(
         b = [1 - r["ev_fvu_b"] for r in pts]
         fit = ratios[str(layer)]
         sc = ax.scatter(
-            a, b, label=f"layer {layer}: FVU_b ≈ {fit['ratio']:.2f}·FVU_a (R² = {fit['r2']:.2f})"
+            a, b, label=f"layer {layer}: FVU_b ≈ {fit['ratio']:.2f}·FVU_a (R² = {fit['r2']:.3f})"
         )
         grid = torch.linspace(0, max(a) * 1.05, 20)
         ax.plot(grid, fit["ratio"] * grid, color=sc.get_facecolor()[0], alpha=0.6)
