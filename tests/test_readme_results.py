@@ -56,3 +56,17 @@ def test_a_cached_rerun_keeps_the_minutes_of_the_run_that_computed(tmp_path):
     prev.write_text(json.dumps({"minutes": 0.1, "minutes_computed": 5.7}))
     assert _minutes_computed(prev, 0.1, []) == 5.7
     assert _minutes_computed(prev, 3.0, ["a point"]) == 3.0  # computed now
+
+
+def test_the_printed_estimates_match_the_committed_run():
+    """The estimates' rates are calibrated on the committed demo run (same machine, factor 1):
+    each within 25 % of the minutes that run took."""
+    from sae_fvu_plugin.experiments import frontier, sweep
+
+    sw, fr = rr.load()
+    for est, result in (
+        (sweep.estimate_minutes(sweep.SweepConfig()), sw),
+        (frontier.estimate_minutes(frontier.FrontierConfig()), fr),
+    ):
+        took = rr._minutes(result)
+        assert abs(est - took) <= 0.25 * took, (est, took)

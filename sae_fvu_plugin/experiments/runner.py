@@ -125,8 +125,9 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     status = (
         "everything is cached: printing the results."
         if not todo
-        else f"estimated {spec.estimate_minutes(cfg, todo):.0f} min on 2 CPU cores "
-        f"({len(pts) - len(todo)} of {len(pts)} models cached)"
+        else f"estimated {spec.estimate_minutes(cfg, todo) * machine_factor():.1f} min "
+        f"({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC cores "
+        f"scaled ×{machine_factor():.2f} by a matmul timing of this machine)"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)
     context = spec.prepare(exp) if spec.prepare is not None else {}
@@ -152,6 +153,21 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         f"SAEs in {out}/saes/"
     )
     return result
+
+
+# calibration("cpu")["float32"] (seconds of the k-means score matmul) on the machine the
+# estimate's rates were measured on: 2 cores of an AMD EPYC, torch 2.13.0+cpu, 2026-12-02.
+_REFERENCE_FP32_SECONDS = 0.0203
+
+
+def machine_factor() -> float:
+    """How much slower (> 1) or faster this machine's CPU is than the one the estimates
+    were measured on, by the cached matmul calibration (measured once, ~0.2 s); clamped to
+    [0.1, 10]. The estimates are of CPU runs."""
+    from ..clustering.precision import calibration
+
+    seconds = float(calibration("cpu")["float32"])
+    return min(max(seconds / _REFERENCE_FP32_SECONDS, 0.1), 10.0)
 
 
 def _minutes_computed(previous: Path, minutes: float, todo: list[Point]) -> float:
