@@ -39,8 +39,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
 
     Points at the same L0 are spread sideways by a few percent of an octave so none hides
     another; each panel's y range follows the point estimates (±15 % of their spread), so
-    an interval far wider than the differences between methods runs off the panel (its
-    ends are marked with arrows) instead of flattening every point into one line."""
+    an interval far wider than the differences between methods runs off the panel (the
+    panel counts them) instead of flattening every point into one line."""
     import matplotlib
 
     matplotlib.use("Agg")

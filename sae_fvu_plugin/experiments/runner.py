@@ -122,12 +122,13 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     print(f"{tag} {spec.describe(cfg, pts)}", flush=True)
     exp = Experiment(cfg, progress=progress)
     todo = [p for p in pts if not exp.is_cached(p)]
+    factor = machine_factor() if todo else 1.0
     status = (
         "everything is cached: printing the results."
         if not todo
-        else f"estimated {spec.estimate_minutes(cfg, todo) * machine_factor():.1f} min "
+        else f"estimated {spec.estimate_minutes(cfg, todo) * factor:.1f} min "
         f"({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC cores "
-        f"scaled ×{machine_factor():.2f} by a matmul timing of this machine)"
+        f"scaled ×{factor:.2f} by a matmul timing of this machine)"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)
     context = spec.prepare(exp) if spec.prepare is not None else {}
