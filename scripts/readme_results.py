@@ -151,7 +151,7 @@ def render(sweep: dict[str, Any], frontier: dict[str, Any]) -> str:
 
 
 def _layers(summary: dict[str, Any]) -> list[str]:
-    return sorted(summary, key=int)
+    return sorted((k for k in summary if k.isdigit()), key=int)
 
 
 def _spread(sweep: dict[str, Any]) -> float:

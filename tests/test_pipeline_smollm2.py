@@ -296,6 +296,13 @@ def test_toy_frontier_on_the_real_model(tmp_path):
         sae_batch_tokens=128,
         sae_eval_every=128 * 10,
         sae_max_tokens=128 * 10 * 6,
+        train_tokens=2400,
+        sae_lrs=[3e-3],
+        sae_sweep_tokens=128 * 10,
+        sae_precision="float32",
+        jumprelu_l0s=[2.0],
+        matryoshka_ks=[2],
+        kmeans_init_ks=[1],
         n_iter=4,
         bootstrap=20,
         out=str(tmp_path / "frontier"),
@@ -314,6 +321,9 @@ def test_toy_frontier_on_the_real_model(tmp_path):
         "topk",
         "batchtopk",
         "standard",
+        "jumprelu",
+        "matryoshka",
+        "topk_kmeans_init",
     }
     by = {(r["method"], json.dumps(r["params"], sort_keys=True)): r for r in real}
     assert by[("kmeans", '{"n_clusters": 16}')]["l0"] == 1.0
@@ -325,11 +335,24 @@ def test_toy_frontier_on_the_real_model(tmp_path):
         for d in ("fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6"):
             lo, hi = r["ev_ci"][d]
             assert lo <= r[f"ev_{d}"] <= hi or hi - lo < 1e-12
-        if r["family"] == "sae":
+        if r["family"] == "sae":  # SAEs train on the fresh rows, each seen ≤ 2 times
             assert len(r["learning_curve"]) >= 2
+            assert r["n_tokens"] == 2400 and r["passes"] <= 2.0 + 1e-9
+        else:
+            assert r["n_tokens"] == 1200
     assert any(r["source"] == "gaussian" for r in rows)
     top1 = by[("kmeans_top1", '{"n_clusters": 16}')]["ev_fvu_a"]
     assert top1 >= by[("kmeans", '{"n_clusters": 16}')]["ev_fvu_a"] - 1e-9
+    # every TopK k = 1 is paired with the top-1 SAE on the centroids it can represent
+    floor = result["summary"]["floor"]
+    assert {(f["sae"].split("-")[2], f["definition"]) for f in floor} == {
+        (m, d)
+        for m in ("topk", "topk_kmeans_init")
+        for d in ("fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6")
+    }
+    for f in floor:
+        assert f["representable"] == "L1-real-kmeans_top1-k16" and f["layer"] == 1
+        assert f["ci_low"] <= f["difference"] <= f["ci_high"]
     summary = result["summary"]["1"]
     assert set(summary["by_definition"]) == {"fvu_a", "fvu_b", "fvu_per_dim", "saebench_0_6"}
     for f in ("results.csv", "results.json", "frontier.png", "learning_curves.png"):

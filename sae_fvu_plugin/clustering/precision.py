@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,7 +51,8 @@ def _device_key(device: torch.device) -> str:
     return f"{device.type}|{name}|torch {torch.__version__}"
 
 
-def _time(fn: Any, device: torch.device, reps: int = 5) -> float:
+def time_best(fn: Callable[[], Any], device: torch.device, reps: int = 5) -> float:
+    """Best of ``reps`` timings of ``fn()`` (after one warm-up call), in seconds."""
     fn()  # warm-up
     best = float("inf")
     for _ in range(reps):
@@ -75,7 +77,7 @@ def measure(device: torch.device | str) -> dict[str, Any]:
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         xd, cd, bd = x.to(dt), c.to(dt), bias.to(dt)  # the layout Assigner uses
         try:
-            out[name] = _time(
+            out[name] = time_best(
                 lambda xd=xd, cd=cd, bd=bd: torch.addmm(bd, xd, cd.T, alpha=-2).topk(
                     8, dim=1, largest=False
                 ),
@@ -89,9 +91,18 @@ def measure(device: torch.device | str) -> dict[str, Any]:
 
 
 def calibration(device: torch.device | str) -> dict[str, Any]:
-    """The cached calibration of ``device`` (measured on first use)."""
+    """The cached calibration of ``device``'s k-means score matmul (measured on first use)."""
+    return cached_calibration("", device, measure)
+
+
+def cached_calibration(
+    kind: str, device: torch.device | str, measure_fn: Callable[[torch.device], dict[str, Any]]
+) -> dict[str, Any]:
+    """``measure_fn(device)`` (a dict with a "choice" of "float32" or "bfloat16"), measured
+    once per ``kind``, device, CPU or GPU model and torch version, kept per process and in
+    ``calibration.json`` in the package cache."""
     device = torch.device(device)
-    key = _device_key(device)
+    key = (f"{kind}|" if kind else "") + _device_key(device)
     if key in _SEEN:
         return _SEEN[key]
     from ..data import cache_dir
@@ -104,7 +115,7 @@ def calibration(device: torch.device | str) -> dict[str, Any]:
     stored = stored if isinstance(stored, dict) else {}
     entry = stored.get(key)
     if not (isinstance(entry, dict) and entry.get("choice") in _NAMED):
-        entry = measure(device)
+        entry = measure_fn(device)
         stored[key] = entry
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

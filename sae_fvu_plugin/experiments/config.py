@@ -43,6 +43,9 @@ class ExperimentConfig:
     out: str = _opt("out/experiment", "output folder (reruns reuse what it holds)")
     device: str | None = _opt(None, "where models run (default: CUDA when available)")
     val_tokens: int = _opt(0, "held-out validation tokens (SAE learning curves)", cli=False)
+    train_tokens: int = _opt(
+        0, "activation rows the trained SAEs draw from (0: the fit rows)", cli=False
+    )
     model_metrics: bool = _opt(
         True, "also run SAEBench's KL / CE-loss passes for every real-data model"
     )
@@ -52,7 +55,7 @@ class ExperimentConfig:
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
             )
-        for name in ("recon_batches", "seed", "bootstrap", "val_tokens"):
+        for name in ("recon_batches", "seed", "bootstrap", "val_tokens", "train_tokens"):
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
             )
@@ -63,6 +66,12 @@ class ExperimentConfig:
             for layer in layers:
                 check_hook(self.hook(layer), n_layers=OFFLINE_LAYERS)
         object.__setattr__(self, "layers", layers)
+
+    @property
+    def rows_tokens(self) -> int:
+        """Activation rows collected before the validation rows: the fit rows are their
+        first ``fit_tokens``, the SAEs' training rows their first ``train_tokens``."""
+        return max(self.fit_tokens, self.train_tokens)
 
     @property
     def eval_tokens(self) -> int:
@@ -136,15 +145,41 @@ class FrontierConfig(ExperimentConfig):
         [4], "matching-pursuit steps over the k-means codebook (L0 ≤ steps)"
     )
     val_tokens: int = _opt(2048, "held-out tokens for the SAEs' learning curves")
-    sae_batch_tokens: int = _opt(1024, "SAE training batch (tokens)")
-    sae_lr: float = _opt(4e-3, "SAE learning rate (Adam, constant)")
-    sae_max_tokens: int = _opt(
-        393_216, "SAE training budget (tokens seen) if it never plateaus (CPU-sized)"
+    train_tokens: int = _opt(
+        98_304,
+        "fresh activation rows the SAEs train on (the clustering fit rows are their first "
+        "--fit-tokens; 0: the fit rows only)",
     )
-    sae_eval_every: int = _opt(32_768, "tokens between learning-curve points")
+    kmeans_init_ks: list[int] = _opt(
+        [1], "k of the TopK SAEs also trained from the k-means codebook (a separate method)"
+    )
+    jumprelu_l0s: list[float] = _opt([8.0], "target L0 of the JumpReLU SAEs")
+    matryoshka_ks: list[int] = _opt([8], "k of the Matryoshka BatchTopK SAEs")
+    sae_batch_tokens: int = _opt(1024, "SAE training batch (tokens)")
+    sae_lrs: list[float] = _opt(
+        [1e-3, 4e-3],
+        "learning rates tried per SAE (Adam, constant); each trains sae_sweep_tokens, the best "
+        "on validation continues (the choice is recorded)",
+    )
+    sae_sweep_tokens: int = _opt(16_384, "tokens each learning rate of the sweep trains")
+    sae_max_passes: float = _opt(2.0, "at most this many passes over the SAE training rows")
+    sae_max_tokens: int = _opt(
+        393_216, "SAE training budget (tokens seen) if it never converges (CPU-sized)"
+    )
+    sae_eval_every: int = _opt(8192, "tokens between learning-curve points")
     plateau: float = _opt(
-        0.005,
-        "stop when held-out explained variance changed by less than this (relative) over the last fifth",
+        0.002,
+        "converged when held-out explained variance changed by less than this (relative) over "
+        "the last fifth of training ...",
+    )
+    continuation: float = _opt(
+        0.003,
+        "... and 50 % more tokens then gain less than this (relative; the gain is recorded)",
+    )
+    sae_precision: str = _opt(
+        "auto",
+        "SAE training precision: float32, bfloat16 (autocast) or auto (bfloat16 where a short "
+        "calibration of a training step measures it ≥ 1.2× faster)",
     )
     model_metrics: bool = _opt(
         False,
@@ -160,13 +195,37 @@ class FrontierConfig(ExperimentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("d_sae", "sae_batch_tokens", "sae_max_tokens", "sae_eval_every"):
+        for name in (
+            "d_sae",
+            "sae_batch_tokens",
+            "sae_max_tokens",
+            "sae_eval_every",
+            "sae_sweep_tokens",
+        ):
             object.__setattr__(
                 self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
             )
-        for name in ("sae_ks", "batchtopk_ks", "pca_ns", "residual_stages", "mp_iterations"):
+        for name in (
+            "sae_ks",
+            "batchtopk_ks",
+            "pca_ns",
+            "residual_stages",
+            "mp_iterations",
+            "kmeans_init_ks",
+            "matryoshka_ks",
+        ):
             vals = [check_int(f"--{name.replace('_', '-')}", v, 1) for v in getattr(self, name)]
             object.__setattr__(self, name, vals)
+        for name in ("plateau", "continuation", "sae_max_passes"):
+            check_float(f"--{name.replace('_', '-')}", getattr(self, name), 0.0)
+        if not self.sae_lrs:
+            raise ValueError("--sae-lrs needs at least one learning rate.")
+        for v in [*self.sae_lrs, *self.jumprelu_l0s]:
+            check_float("--sae-lrs / --jumprelu-l0s", v, 0.0)
+        if self.sae_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(
+                f"--sae-precision must be auto, float32 or bfloat16, got {self.sae_precision!r}."
+            )
         for st in self.residual_stages:
             if self.d_sae % st:
                 raise ValueError(f"--residual-stages {st} does not divide --d-sae {self.d_sae}.")
@@ -189,14 +248,20 @@ class FrontierConfig(ExperimentConfig):
             d_sae=4096,
             sae_ks=[1, 2, 4, 8, 16, 32, 64],
             batchtopk_ks=[1, 2, 4, 8, 16, 32, 64],
-            sae_lr=1e-3,
+            sae_lrs=[3e-4, 1e-3, 3e-3],
+            train_tokens=1_000_000,
+            sae_max_passes=2.0,
+            jumprelu_l0s=[2.0, 8.0, 32.0],
+            matryoshka_ks=[8, 32],
+            kmeans_init_ks=[1, 2, 4],
             l1_coefficients=[10.0, 5.0, 3.0, 2.0, 1.0, 0.5],
             pca_ns=[1, 4, 16, 64, 256],
             residual_stages=[2, 4, 8, 16],
             mp_iterations=[2, 4, 8, 16, 32],
             sae_batch_tokens=4096,
-            sae_max_tokens=200_000_000,
-            sae_eval_every=2_000_000,
+            sae_max_tokens=2_000_000,
+            sae_sweep_tokens=200_000,
+            sae_eval_every=50_000,
             gaussian_grid="all",
             model_metrics=True,
         )

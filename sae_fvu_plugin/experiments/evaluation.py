@@ -174,7 +174,7 @@ class Evaluator:
             "ev_replicates": {
                 d: v
                 for d, v in (rq.get("explained_variance_replicates") or {}).items()
-                if d in ("fvu_a", "fvu_b")
+                if d in DEFS
             },
             "kl_div_score": m.get("model_behavior_preservation", {}).get("kl_div_score"),
             "ce_loss_score": m.get("model_performance_preservation", {}).get("ce_loss_score"),
@@ -184,7 +184,21 @@ class Evaluator:
         }
         for d in DEFS:
             row[f"ev_{d}"] = ev.get(d)
-        for key in ("learning_curve", "plateaued", "dead_latents", "dense_latents", "inertia"):
+        for key in (
+            "learning_curve",
+            "plateaued",
+            "converged",
+            "continuations",
+            "continuation_gain",
+            "kept_checkpoint_tokens",
+            "lr",
+            "lr_sweep",
+            "precision",
+            "dead_latents",
+            "dead_fraction",
+            "dense_latents",
+            "inertia",
+        ):
             if meta.get(key) is not None:
                 row[key] = meta.get(key)
         return row | extra

@@ -47,7 +47,7 @@ class Fits:
         from sae_bench.sae_bench_utils.general_utils import _standardize_sae_cfg
 
         method = registry.get(point.method)
-        acts, val, prov = self.inputs.fit_data(point)
+        acts, val, prov = self.inputs.fit_data(point, method.rows)
         ckpt = self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
         started = time.perf_counter()
         sae = method.fit(self._fit_input(point, acts, val, prov, ckpt))

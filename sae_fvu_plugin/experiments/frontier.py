@@ -4,9 +4,12 @@ tokens, every method scored by the same unmodified SAEBench loop.
 The question is the one of StefanHex's LessWrong shortform on FVU definitions and
 k-means: does clustering (L0 = 1) rival SAEs, at which L0, under which definition? Per
 layer, on the same cached fit activations: k-means, its codebook as SAELens's top-1 SAE
-(latent = projection) and as matching pursuit, k-lines, PCA + k-means, residual k-means,
-and SAEs trained by SAELens's own trainer (TopK, BatchTopK, ReLU + L1) until their held-out
-explained variance plateaus; the same methods on Gaussian data with the activations'
+(latent = projection) and as matching pursuit, k-lines, PCA + k-means, residual k-means;
+and SAEs trained by SAELens's own trainer (TopK, BatchTopK, ReLU + L1, JumpReLU, Matryoshka
+BatchTopK, and TopK started from the k-means codebook) on fresh training rows (the fit
+rows are their first ``fit_tokens``) until their held-out explained variance converges
+(``methods/saes.py``); each SAE that can represent a clustering model exactly is paired
+with it (``summary.floor``); the same methods on Gaussian data with the activations'
 mean and covariance (a smaller grid by default). Every model has d_sae = ``--d-sae`` and
 is evaluated on held-out contexts (disjoint from every fit, checked) by SAEBench's
 ``run_evals`` with the plugin reporting every definition (with bootstrap intervals).
@@ -66,13 +69,19 @@ def points(cfg: FrontierConfig) -> list[Point]:
             if not small:
                 for c in cfg.l1_coefficients:
                     out.append(Point.of("standard", layer, src, d_sae=d, l1=float(c)))
+                for t in cfg.jumprelu_l0s:
+                    out.append(Point.of("jumprelu", layer, src, d_sae=d, l0=float(t)))
+                for k in cfg.matryoshka_ks:
+                    out.append(Point.of("matryoshka", layer, src, d_sae=d, k=k))
+                for k in cfg.kmeans_init_ks:
+                    out.append(Point.of("topk_kmeans_init", layer, src, d_sae=d, k=k))
     return out
 
 
 # Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a
 # fresh-clone `make demo`): the fit of one model of each method, before its evaluation.
 _FIT_SECONDS = {"residual_kmeans": 15.0, "pca_kmeans": 5.0, "klines": 4.0}
-_SAE_SECONDS_PER_TOKEN = 45e-6  # SAELens training, d_sae 512, incl. its learning-curve evals
+_SAE_SECONDS_PER_TOKEN = 90e-6  # SAELens training, d_sae 512, float32, incl. validation
 
 
 def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
@@ -86,15 +95,18 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
       variance batches to the hooked layer + ≈ 0.5 s; a Gaussian-control model is scored
       directly (≈ 1 s);
     * a fit: ``_FIT_SECONDS`` per method (2 s otherwise), scaled by fit tokens · d_sae; an
-      SAE ≈ 45 s per million training tokens, assuming it plateaus after eight
-      learning-curve segments (it stops at ``sae_max_tokens`` otherwise).
+      SAE ≈ 90 s per million training tokens (float32 on 2 cores): its learning-rate sweep
+      plus its whole budget (min(sae_max_tokens, sae_max_passes · train_tokens)).
     """
     pts = points(cfg) if todo is None else todo
     scale = cfg.fit_tokens / 16_384 * cfg.d_sae / 512
-    sae_tokens = min(cfg.sae_max_tokens, 8 * cfg.sae_eval_every)
+    n_train = cfg.train_tokens or cfg.fit_tokens
+    sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
+        cfg.sae_max_tokens, cfg.sae_max_passes * n_train
+    )
     seconds = 15.0  # imports, model load, summary and plots
     if todo is None or todo:
-        n_rows = cfg.fit_tokens + cfg.val_tokens
+        n_rows = cfg.rows_tokens + cfg.val_tokens
         seconds += n_rows * (max(cfg.layers) + 1) / 8_500
     recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
     recon *= cfg.model_metrics
@@ -110,9 +122,8 @@ def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> fl
     return seconds / 60 * _MEASURED_OVER_FORMULA
 
 
-# The demo's frontier from a fresh clone on 2026-12-02 took 5.7 min where the rates above
-# gave 8.0 (the SAEs plateau earlier than eight segments on average).
-_MEASURED_OVER_FORMULA = 5.7 / 8.0
+# Not yet calibrated on a whole run with fresh training rows.
+_MEASURED_OVER_FORMULA = 1.0
 
 
 def describe(cfg: FrontierConfig, pts: list[Point]) -> str:

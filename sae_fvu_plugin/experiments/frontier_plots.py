@@ -19,6 +19,9 @@ LABELS = {
     "topk": "TopK SAE",
     "batchtopk": "BatchTopK SAE",
     "standard": "ReLU + L1 SAE",
+    "jumprelu": "JumpReLU SAE",
+    "matryoshka": "Matryoshka BatchTopK SAE",
+    "topk_kmeans_init": "TopK SAE from the k-means codebook",
 }
 STYLES = {
     "kmeans": ("o", "C0"),
@@ -30,6 +33,9 @@ STYLES = {
     "topk": ("*", "C6"),
     "batchtopk": ("X", "C7"),
     "standard": ("h", "C8"),
+    "jumprelu": ("p", "C9"),
+    "matryoshka": ("d", "k"),
+    "topk_kmeans_init": ("<", "tab:olive"),
 }
 
 

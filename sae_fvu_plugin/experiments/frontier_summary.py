@@ -49,7 +49,11 @@ def _at(curve: list[tuple[float, float]], l0: float) -> float | None:
     return None
 
 
-SAE_FAMILIES = ("topk", "batchtopk", "standard")
+SAE_FAMILIES = ("topk", "batchtopk", "standard", "jumprelu", "matryoshka", "topk_kmeans_init")
+# An SAE method and the clustering model it can represent exactly at the same d_sae: TopK
+# with k = 1 (from any init) contains the top-1 SAE on the k-means centroids (encoder and
+# decoder rows on the unit centroid directions, b_dec on the mean).
+REPRESENTABLE = {("topk", 1): "kmeans_top1", ("topk_kmeans_init", 1): "kmeans_top1"}
 RANKING_L0 = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -60,6 +64,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ranking changes between fvu_a and fvu_b; each method against k-means at equal d_sae
     (paired interval)."""
     out: dict[str, Any] = {}
+    floors = floor(rows)
     for layer in sorted({r["layer"] for r in rows if r["source"] == "real"}):
         real = [r for r in rows if r["layer"] == layer and r["source"] == "real"]
         by_def = {defn: by_definition(rows, real, layer, defn) for defn in DEFS}
@@ -69,6 +74,45 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "vs_kmeans_at_equal_d_sae": vs_kmeans(real),
             "saes_plateaued": {r["name"]: r.get("plateaued") for r in real if r["family"] == "sae"},
         }
+    if floors:
+        out["floor"] = floors
+    return out
+
+
+def floor(rows: Rows) -> list[dict[str, Any]]:
+    """Every SAE against the clustering model it can represent exactly (``REPRESENTABLE``),
+    per layer and definition, on real data: the SAE's explained variance minus the
+    clustering model's, with the paired 95 % interval (same tokens, same bootstrap
+    weights). A trained SAE below its floor is undertrained, not a finding about SAEs."""
+    out = []
+    real = [r for r in rows if r["source"] == "real"]
+    for r in real:
+        rep = REPRESENTABLE.get((r["method"], r["params"].get("k")))
+        if rep is None:
+            continue
+        other = next(
+            (
+                o
+                for o in real
+                if o["method"] == rep and o["layer"] == r["layer"] and o["d_sae"] == r["d_sae"]
+            ),
+            None,
+        )
+        if other is None:
+            continue
+        for defn in DEFS:
+            lo, hi = rows_paired_interval(r, other, defn)
+            out.append(
+                {
+                    "layer": r["layer"],
+                    "definition": defn,
+                    "sae": r["name"],
+                    "representable": other["name"],
+                    "difference": r[f"ev_{defn}"] - other[f"ev_{defn}"],
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
     return out
 
 
@@ -200,6 +244,8 @@ def _line(xs: list[float], ys: list[float]) -> dict[str, float] | None:
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["\nSummary (real data, held-out tokens):"]
     for layer, s in summary.items():
+        if layer == "floor":
+            continue
         lines.append(f" layer {layer}:")
         for defn in ("fvu_a", "fvu_b"):
             d = s["by_definition"][defn]
@@ -248,6 +294,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(
                 f"    {b['method']:<16} {params:<12} L0 {b['l0']:5.1f}: {b['ev_fvu_a_minus_kmeans']:+.4f} "
                 f"[{lo:+.4f}, {hi:+.4f}]" + ("  better" if b["beats_kmeans"] else "")
+            )
+    if summary.get("floor"):
+        lines.append(
+            " SAE minus the clustering model it can represent (paired 95 % interval; below "
+            "−0.002 = undertrained):"
+        )
+        for f in summary["floor"]:
+            lines.append(
+                f"  {f['definition']:<11} {f['sae']:<34} − {f['representable']:<28} "
+                f"{f['difference']:+.4f} [{f['ci_low']:+.4f}, {f['ci_high']:+.4f}]"
             )
     return "\n".join(lines)
 
@@ -304,6 +360,10 @@ CSV_COLUMNS = (
     "cossim",
     "mse",
     "plateaued",
+    "converged",
+    "continuation_gain",
+    "lr",
     "dead_latents",
+    "dead_fraction",
     "dense_latents",
 )

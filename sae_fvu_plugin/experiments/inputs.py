@@ -56,7 +56,7 @@ class ExperimentInputs:
         self.model = load_model(cfg.model, device=device, n_ctx=max(ctx, 128))
         for hook in self.hooks():  # a UsageError naming the model's layers, before any work
             model_hook_width(self.model, hook)
-        self.n_fit_ctx = -(-cfg.fit_tokens // (ctx - 1))
+        self.n_fit_ctx = -(-cfg.rows_tokens // (ctx - 1))
         self.n_val_ctx = -(-cfg.val_tokens // (ctx - 1)) if cfg.val_tokens else 0
         # SAEBench draws its KL/CE batches first and the variance batches after them (its
         # reset_input_dataset does not rewind the token stream): the eval slice holds both,
@@ -72,10 +72,12 @@ class ExperimentInputs:
         )
         self.fit_index = self.split.fit_index[: self.n_fit_ctx]
         assert not set(self.split.fit_index.tolist()) & set(self.split.eval_index.tolist())
-        self.data_key = key_of(
-            cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens, cfg.seed, cfg.layers
-        )
-        self.fit_acts, self.val_acts = self._activations()
+        parts: list[Any] = [cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens]
+        if cfg.train_tokens:  # (keys of runs without training rows stay as they were)
+            parts.append(["train", cfg.train_tokens])
+        self.data_key = key_of(*parts, cfg.seed, cfg.layers)
+        self.rows, self.val_acts = self._activations()
+        self.fit_acts = {h: a[: cfg.fit_tokens] for h, a in self.rows.items()}
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
 
     def hooks(self) -> list[str]:
@@ -87,8 +89,8 @@ class ExperimentInputs:
         from ..clustering import collect_activations
 
         path = self.out / "cache" / f"acts-{self.data_key}.pt"
-        if path.is_file():
-            saved = torch.load(path, weights_only=True)
+        if path.is_file():  # memory-mapped: every method reads the same pages
+            saved = torch.load(path, weights_only=True, mmap=True)
             return saved["fit"], saved["val"]
         cfg = self.cfg
         rows = self.split.fit  # fit contexts, then validation contexts
@@ -104,49 +106,60 @@ class ExperimentInputs:
             progress=self.progress,
         )
         n_val = self.n_fit_ctx * (cfg.context_size - 1)
-        fit = {h: a[: cfg.fit_tokens].contiguous() for h, a in acts.items()}
+        fit = {h: a[: cfg.rows_tokens].contiguous() for h, a in acts.items()}
         val = {h: a[n_val : n_val + cfg.val_tokens].contiguous() for h, a in acts.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"fit": fit, "val": val}, path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"fit": fit, "val": val}, tmp)
+        tmp.replace(path)  # an interrupted save leaves no half-written cache
         return fit, val
 
     def gaussian(self, layer: int) -> dict[str, torch.Tensor]:
-        """The control: fit, validation and eval samples of N(mean, cov) of the fit acts."""
+        """The control: fit (training rows: ``rows``), validation and eval samples of
+        N(mean, cov) of the fit acts."""
         if layer not in self._gauss:
             x = self.fit_acts[self.cfg.hook(layer)]
             s = self.cfg.seed
+            rows = gaussian_like(x, self.cfg.rows_tokens, s + 1)
             self._gauss[layer] = {
-                "fit": gaussian_like(x, len(x), s + 1),
+                "rows": rows,
+                "fit": rows[: self.cfg.fit_tokens],
                 "val": gaussian_like(x, max(self.cfg.val_tokens, 1), s + 3),
                 "eval": gaussian_like(x, self.n_var_ctx * (self.cfg.context_size - 1), s + 2),
             }
         return self._gauss[layer]
 
-    def fit_data(self, point: Point) -> tuple[torch.Tensor, torch.Tensor | None, Provenance | None]:
-        """(fit activations, validation activations or None, provenance) of ``point``."""
+    def fit_data(
+        self, point: Point, rows: str = "fit"
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Provenance | None]:
+        """(activations, validation activations or None, provenance) of ``point``: its
+        fit rows, or with ``rows="train"`` the SAE training rows (``train_tokens``; the
+        fit rows when that is 0)."""
+        n = self.cfg.train_tokens or self.cfg.fit_tokens if rows == "train" else None
         if point.source == "real":
             hook = self.cfg.hook(point.layer)
-            acts, val, prov = (
-                self.fit_acts[hook],
-                self.val_acts.get(hook),
-                self.provenance(point.layer),
-            )
+            acts = self.fit_acts[hook] if n is None else self.rows[hook][:n]
+            val, prov = self.val_acts.get(hook), self.provenance(point.layer, n)
         else:
             g = self.gaussian(point.layer)
-            acts, val, prov = g["fit"], g["val"], None
+            acts = g["fit"] if n is None else g["rows"][:n]
+            val, prov = g["val"], None
         return acts, val if val is not None and len(val) else None, prov
 
-    def provenance(self, layer: int) -> Provenance:
+    def provenance(self, layer: int, n_tokens: int | None = None) -> Provenance:
+        """Provenance of a fit on the first ``n_tokens`` rows (default: the fit rows)."""
+        n = n_tokens or self.cfg.fit_tokens
+        n_ctx = -(-n // (self.cfg.context_size - 1))
         return Provenance.of_split(
             self.split,
-            self.fit_index.tolist(),
+            self.split.fit_index[:n_ctx].tolist(),
             model_name=self.cfg.model,
             hook_name=self.cfg.hook(layer),
             dataset=self.cfg.dataset,
             context_size=self.cfg.context_size,
             tokenizer=self.model.tokenizer,
             split_seed=self.cfg.seed,
-            fit_tokens=self.cfg.fit_tokens,
+            fit_tokens=n,
         )
 
     def base_metadata(self, point: Point) -> dict[str, Any]:

@@ -10,7 +10,8 @@ before the run)::
                     label=lambda p: f"k{p['n_clusters']}"))
 
 ``fit(inp: FitInput) -> SAE`` gets this point's parameters, the fit activations (and
-held-out validation activations), the shared k-means options and the provenance, and
+held-out validation activations; a method with ``rows="train"`` gets the experiment's
+SAE training rows instead, whose first rows are the fit rows), the shared k-means options and the provenance, and
 returns any SAELens SAE whose ``cfg.metadata`` records ``tokens_seen`` and ``passes``.
 """
 
@@ -31,6 +32,7 @@ class Method:
     label: Callable[[dict[str, Any]], str]
     description: str = ""
     config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
+    rows: str = "fit"  # "fit": the fit rows; "train": the (larger) SAE training rows
 
 
 METHODS: dict[str, Method] = {}

@@ -1,23 +1,45 @@
-"""SAEs trained by SAELens's own trainer (``SAETrainer`` with its training-SAE classes) on
-the same cached fit activations as the clustering methods: TopK, BatchTopK and the
-standard ReLU + L1 SAE.
+"""SAEs trained by SAELens's own trainer (``SAETrainer`` with its training-SAE classes):
+TopK, BatchTopK, ReLU + L1, JumpReLU (quadratic L0 loss towards a target L0), Matryoshka
+BatchTopK, and TopK started from the k-means codebook (a separate, labelled method).
 
-Training is a fair fight: the trainer runs in segments of ``sae_eval_every`` tokens; after
-each, explained variance (fvu_a) on held-out validation tokens is recorded (the learning
-curve); training stops once it changed by less than ``plateau`` (relative) over the last
-fifth of training, or at ``sae_max_tokens``. The activations are scaled by
-c = √d / mean‖x‖ for training (SAELens's ``expected_average_only_in`` convention, which
-makes the L1 coefficients meaningful across layers); c is folded into the saved inference
-SAE, which therefore takes raw activations. Explained variance is scale-invariant, so the
-curve on scaled validation data is the same number.
+Training at its best within a budget:
+
+* **Fresh tokens.** The SAEs train on the experiment's training rows (``train_tokens``, a
+  memory-mapped activation cache whose first ``fit_tokens`` rows are the clustering fit
+  rows), each row seen at most ``sae_max_passes`` times.
+* **Learning rate.** Each rate of ``sae_lrs`` trains ``sae_sweep_tokens`` tokens from the
+  same initialisation and token order; the best on the validation rows continues (its
+  tokens count; the others' are recorded as ``lr_sweep``).
+* **Convergence.** Every ``sae_eval_every`` tokens the held-out validation explained
+  variance EV = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² (fvu_a) is recorded (the learning curve). When it
+  changed by less than ``plateau`` (relative) over the last fifth of training, training
+  continues by 50 % more tokens; if that gains less than ``continuation`` (relative), the
+  SAE has converged (each continuation's gain is recorded), otherwise the rule repeats,
+  up to ``sae_max_tokens`` or the passes limit.
+* **Early stopping.** The checkpoint with the best validation EV is kept (for the
+  k-means-initialised TopK that includes its start: the top-1 SAE on the centroids).
+* **Dead latents.** TopK, BatchTopK and Matryoshka use SAELens's auxiliary-k loss on the
+  latents that did not fire for one pass (``dead_feature_window``).
+* **Precision.** ``sae_precision="auto"`` trains under bfloat16 autocast where a short
+  calibration of one training step (forward, backward, Adam) measures it ≥ 1.2× faster than
+  float32 on the device, float32 elsewhere (on a CPU without bfloat16 units autocast is
+  many times slower).
+
+The activations are scaled by c = √d / mean‖x‖ for training (SAELens's
+``expected_average_only_in`` convention, which makes the L1 coefficients meaningful across
+layers); c is folded into the saved inference SAE, which therefore takes raw activations.
+Explained variance is scale-invariant, so the curve on scaled validation data is the same
+number.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,21 +50,27 @@ from ..registry import Method, register
 _TRAIN_FIELDS = (
     "seed",
     "sae_batch_tokens",
-    "sae_lr",
+    "sae_lrs",
+    "sae_sweep_tokens",
+    "sae_max_passes",
     "sae_max_tokens",
     "sae_eval_every",
     "plateau",
+    "continuation",
+    "sae_precision",
     "val_tokens",
+    "train_tokens",
 )
+_MIN_AUTOCAST_GAIN = 1.2
 
 
-def _provider(x: torch.Tensor, batch: int, seed: int) -> Any:
-    """Endless shuffled batches of the fit activations (a new permutation per epoch)."""
+def _provider(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches of the training rows (a new permutation per pass)."""
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(x), generator=g)
         for s in range(0, len(order) - batch + 1, batch):
-            yield x[order[s : s + batch]]
+            yield x[order[s : s + batch]].float()
 
 
 def plateaued(curve: list[tuple[int, float]], tol: float) -> bool:
@@ -65,86 +93,263 @@ def _explained(sae: Any, x: torch.Tensor) -> tuple[float, torch.Tensor]:
     return explained_variance(x, recon, "fvu_a"), (feats != 0).float().mean(0)
 
 
-def train(kind: str, inp: FitInput) -> Any:
-    """Train one SAE of ``kind`` with SAELens's trainer; return its inference SAE."""
-    from sae_lens import SAE as InferenceSAE
-    from sae_lens import (
-        BatchTopKTrainingSAE,
-        BatchTopKTrainingSAEConfig,
-        LoggingConfig,
-        SAETrainer,
-        StandardTrainingSAE,
-        StandardTrainingSAEConfig,
-        TopKTrainingSAE,
-        TopKTrainingSAEConfig,
-    )
-    from sae_lens.config import SAETrainerConfig
+def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
+    """A fresh SAELens training SAE of ``kind`` (SAELens's own initialisation)."""
+    import sae_lens
     from sae_lens.saes.sae import SAEMetadata
 
-    cfg, p = inp.cfg, inp.params
-    x = inp.acts.float()
-    d = x.shape[1]
-    scale = math.sqrt(d) / float(x.norm(dim=1).mean())
-    xs = (x * scale).to(inp.device)
-    val = (inp.val if inp.val is not None else x[-2048:]).float().to(inp.device) * scale
-    torch.manual_seed(cfg.seed)
-    common = dict(
-        d_in=d, d_sae=p["d_sae"], dtype="float32", device=inp.device, metadata=SAEMetadata()
+    common: dict[str, Any] = dict(
+        d_in=d, d_sae=p["d_sae"], dtype="float32", device=device, metadata=SAEMetadata()
     )
-    sae: Any
-    if kind == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=p["k"], **common))
-    elif kind == "batchtopk":
-        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=p["k"], **common))
-    else:
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=p["l1"], **common))
-    with torch.no_grad():
-        sae.b_dec.copy_(xs.mean(0))
-    batch = min(cfg.sae_batch_tokens, len(xs))
-    segment = max(batch, (cfg.sae_eval_every // batch) * batch)
-    trainer = SAETrainer(
-        SAETrainerConfig(
-            total_training_samples=segment,
-            train_batch_size_samples=batch,
-            lr=cfg.sae_lr,
-            lr_end=cfg.sae_lr,
-            lr_scheduler_name="constant",
-            device=inp.device,
-            dead_feature_window=max(1, len(xs) // batch),
-            feature_sampling_window=max(1, len(xs) // batch),
-            logger=LoggingConfig(log_to_wandb=False),
-        ),
-        sae,
-        _provider(xs, batch, cfg.seed),
+    if kind in ("topk", "topk_kmeans_init"):
+        return sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(k=p["k"], **common))
+    if kind == "batchtopk":
+        return sae_lens.BatchTopKTrainingSAE(
+            sae_lens.BatchTopKTrainingSAEConfig(k=p["k"], **common)
+        )
+    if kind == "matryoshka":
+        n = p["d_sae"]
+        widths = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
+        return sae_lens.MatryoshkaBatchTopKTrainingSAE(
+            sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
+                k=p["k"], matryoshka_widths=widths, **common
+            )
+        )
+    if kind == "jumprelu":
+        return sae_lens.JumpReLUTrainingSAE(
+            sae_lens.JumpReLUTrainingSAEConfig(
+                jumprelu_sparsity_loss_mode="quadratic", target_l0=float(p["l0"]), **common
+            )
+        )
+    if kind == "standard":
+        return sae_lens.StandardTrainingSAE(
+            sae_lens.StandardTrainingSAEConfig(l1_coefficient=p["l1"], **common)
+        )
+    raise ValueError(f"unknown SAE kind {kind!r}.")
+
+
+def measure_autocast(device: torch.device | str) -> dict[str, Any]:
+    """Seconds of one SAELens TopK training step (d_in 576, d_sae 1,024, batch 1,024:
+    forward, backward, Adam) in float32 and under bfloat16 autocast on ``device``."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+
+    from ...clustering.precision import time_best
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=576, d_sae=1024, k=8, device=str(device), metadata=SAEMetadata())
     )
-    curve: list[tuple[int, float]] = []
-    while True:
+    x = torch.randn(1024, 576, device=device)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    dead = torch.zeros(1024, dtype=torch.bool, device=device)
+
+    def step(enabled: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x,
+                    coefficients={},
+                    dead_neuron_mask=dead,
+                    n_training_steps=0,
+                    is_logging_step=False,
+                )
+            )
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    out: dict[str, Any] = {"float32": time_best(lambda: step(False), device, reps=3)}
+    try:
+        out["bfloat16"] = time_best(lambda: step(True), device, reps=3)
+    except RuntimeError:  # no bfloat16 autocast on this device
+        out["bfloat16"] = float("inf")
+    out["gain"] = out["float32"] / out["bfloat16"]
+    out["choice"] = "bfloat16" if out["gain"] >= _MIN_AUTOCAST_GAIN else "float32"
+    return out
+
+
+def use_autocast(precision: str, device: torch.device | str) -> bool:
+    """Whether SAE training runs under bfloat16 autocast: ``precision`` "bfloat16",
+    "float32" or "auto" (the cached calibration of :func:`measure_autocast`)."""
+    if precision in ("bfloat16", "float32"):
+        return precision == "bfloat16"
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}.")
+    from ...clustering.precision import cached_calibration
+
+    return bool(cached_calibration("sae-train", device, measure_autocast)["choice"] == "bfloat16")
+
+
+class _Run:
+    """One SAE under SAELens's trainer, advanced in segments, with its learning curve and
+    the state of its best validation point."""
+
+    def __init__(
+        self,
+        sae: Any,
+        xs: torch.Tensor,
+        val: torch.Tensor,
+        lr: float,
+        cfg: Any,
+        device: str,
+        autocast: bool,
+    ) -> None:
+        from sae_lens import LoggingConfig, SAETrainer
+        from sae_lens.config import SAETrainerConfig
+
+        self.sae, self.val, self.lr = sae, val, lr
+        batch = min(cfg.sae_batch_tokens, len(xs))
+        self.trainer = SAETrainer(
+            SAETrainerConfig(
+                total_training_samples=0,
+                train_batch_size_samples=batch,
+                lr=lr,
+                lr_end=lr,
+                lr_scheduler_name="constant",
+                device=device,
+                autocast=autocast,
+                dead_feature_window=max(1, len(xs) // batch),
+                feature_sampling_window=max(1, len(xs) // batch),
+                logger=LoggingConfig(log_to_wandb=False),
+            ),
+            sae,
+            _provider(xs, batch, cfg.seed),
+        )
+        self.curve: list[tuple[int, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self._record()
+
+    @property
+    def tokens(self) -> int:
+        return int(self.trainer.n_training_samples)
+
+    def _record(self) -> None:
+        self.sae.eval()
+        ev, _ = _explained(self.sae, self.val)
+        self.sae.train()
+        self.curve.append((self.tokens, ev))
+        if math.isfinite(ev) and (self.best is None or ev > self.best[0]):
+            self.best = (ev, self.tokens, copy.deepcopy(self.sae.state_dict()))
+
+    def advance(self, to_tokens: int) -> None:
+        """Train until ``to_tokens`` tokens were seen (whole batches), then record."""
+        if to_tokens <= self.tokens:
+            return
+        self.trainer.cfg.total_training_samples = to_tokens
         with contextlib.redirect_stderr(io.StringIO()):  # SAELens's own progress bar
-            trainer.fit()
-        sae.eval()
-        ev, _ = _explained(sae, val)
-        sae.train()
-        curve.append((trainer.n_training_samples, ev))
-        if plateaued(curve, cfg.plateau) or trainer.n_training_samples >= cfg.sae_max_tokens:
-            break
-        trainer.cfg.total_training_samples += segment
+            self.trainer.fit()
+        self._record()
+
+    def keep_best(self) -> int:
+        """Load the best validation checkpoint; returns the tokens it had seen."""
+        assert self.best is not None
+        self.sae.load_state_dict(self.best[2])
+        return self.best[1]
+
+
+def _kmeans_init(sae: Any, inp: FitInput, scale: float) -> None:
+    """Encoder and decoder rows on the unit k-means centroid directions, b_dec on the data
+    mean, b_enc 0: the top-1 SAE on the centroids (``kmeans_top1``), exactly."""
+    from ...clustering.codebook_saes import codebook_of, unit_directions
+
+    km = inp.fitted(inp.point.sibling("kmeans", n_clusters=inp.params["d_sae"]))
+    mean, dirs = codebook_of(km)
+    u = unit_directions(dirs).float().to(sae.W_dec.device)
+    with torch.no_grad():
+        sae.W_dec.copy_(u)
+        sae.W_enc.copy_(u.T)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(mean.float().to(u.device) * scale)
+
+
+def train(kind: str, inp: FitInput) -> Any:
+    """Train one SAE of ``kind`` with SAELens's trainer (module docstring); return its
+    inference SAE with the training record in ``cfg.metadata``."""
+    from sae_lens import SAE as InferenceSAE
+
+    cfg, p = inp.cfg, inp.params
+    x = inp.acts
+    n, d = x.shape
+    with torch.no_grad():
+        scale = math.sqrt(d) / float(x.float().norm(dim=1).mean())
+    xs = (x.float() * scale).to(inp.device)
+    val_raw = inp.val if inp.val is not None else x[-2048:]
+    val = val_raw.float().to(inp.device) * scale
+    batch = min(cfg.sae_batch_tokens, n)
+    # whole batches: the trainer only stops between batches
+    budget = max(batch, min(cfg.sae_max_tokens, int(cfg.sae_max_passes * n)) // batch * batch)
+    sweep_tokens = max(batch, min(cfg.sae_sweep_tokens, budget) // batch * batch)
+    segment = max(batch, (cfg.sae_eval_every // batch) * batch)
+    autocast = use_autocast(cfg.sae_precision, inp.device)
+
+    def start(lr: float) -> _Run:
+        torch.manual_seed(cfg.seed)
+        sae = _training_sae(kind, p, d, inp.device)
+        with torch.no_grad():
+            sae.b_dec.copy_(xs.mean(0))
+        if kind == "topk_kmeans_init":
+            _kmeans_init(sae, inp, scale)
+        return _Run(sae, xs, val, lr, cfg, inp.device, autocast)
+
+    runs = []
+    for lr in cfg.sae_lrs:
+        run = start(float(lr))
+        t = 0
+        while t < sweep_tokens:
+            t = min(t + segment, sweep_tokens)
+            run.advance(t)
+        runs.append(run)
+    best = max(runs, key=lambda r: r.curve[-1][1] if math.isfinite(r.curve[-1][1]) else -1e9)
+    sweep = {
+        "lrs": [r.lr for r in runs],
+        "ev": [r.curve[-1][1] for r in runs],
+        "tokens": [r.tokens for r in runs],
+        "chosen": best.lr,
+    }
+    run, runs = best, []
+    continuations: list[dict[str, Any]] = []
+    converged = False
+    while run.tokens < budget:
+        run.advance(min(run.tokens + segment, budget))
+        if plateaued(run.curve, cfg.plateau):
+            t0, v0 = run.curve[-1]
+            target = int(1.5 * t0) // batch * batch
+            while run.tokens < min(target, budget):
+                run.advance(min(run.tokens + segment, target, budget))
+            gain = (run.curve[-1][1] - v0) / max(abs(v0), 1e-12)
+            continuations.append({"from_tokens": t0, "to_tokens": run.tokens, "gain": gain})
+            if run.tokens >= target and gain < cfg.continuation:
+                converged = True
+                break
+    kept_at = run.keep_best()
+    sae = run.sae
     with tempfile.TemporaryDirectory() as tmp:
         sae.save_inference_model(tmp)
         inference = InferenceSAE.load_from_disk(tmp, device="cpu")
     inference.fold_activation_norm_scaling_factor(scale)
-    _, freq = _explained(inference, (val / scale).cpu())
-    seen = trainer.n_training_samples
+    _, freq = _explained(inference, val_raw.float().cpu())
+    seen = run.tokens
     meta = inference.cfg.metadata
     for key, value in inp.metadata.items():
         meta[key] = value
     if inp.provenance is not None:
         meta["provenance"] = inp.provenance.to_dict()
-    meta["n_tokens"] = len(x)
+    meta["n_tokens"] = n
     meta["tokens_seen"] = seen
-    meta["passes"] = seen / len(x)
-    meta["learning_curve"] = [[t, v] for t, v in curve]
-    meta["plateaued"] = plateaued(curve, cfg.plateau)
+    meta["passes"] = seen / n
+    meta["learning_curve"] = [[t, v] for t, v in run.curve]
+    meta["plateaued"] = plateaued(run.curve, cfg.plateau)
+    meta["converged"] = converged
+    meta["continuations"] = continuations
+    meta["continuation_gain"] = continuations[-1]["gain"] if continuations else None
+    meta["kept_checkpoint_tokens"] = kept_at
+    meta["lr"] = best.lr
+    meta["lr_sweep"] = sweep
+    meta["precision"] = "bfloat16 autocast" if autocast else "float32"
     meta["dead_latents"] = int((freq == 0).sum())
+    meta["dead_fraction"] = float((freq == 0).float().mean())
     meta["dense_latents"] = int((freq > 0.1).sum())
     meta["training_scale"] = scale
     return inference
@@ -157,39 +362,49 @@ def _kind(kind: str) -> Any:
     return fit
 
 
-register(
-    Method(
-        "topk",
-        "sae",
-        _kind("topk"),
-        l0=lambda p: p["k"],
-        d_sae=lambda p: p["d_sae"],
-        label=lambda p: f"d{p['d_sae']}-k{p['k']}",
-        description="SAELens TopK SAE",
-        config_fields=_TRAIN_FIELDS,
+def _sae(name: str, l0: Any, label: Any, description: str) -> None:
+    register(
+        Method(
+            name,
+            "sae",
+            _kind(name),
+            l0=l0,
+            d_sae=lambda p: p["d_sae"],
+            label=label,
+            description=description,
+            config_fields=_TRAIN_FIELDS,
+            rows="train",
+        )
     )
+
+
+def _k(p: dict[str, Any]) -> str:
+    return f"d{p['d_sae']}-k{p['k']}"
+
+
+_sae("topk", lambda p: p["k"], _k, "SAELens TopK SAE")
+_sae("batchtopk", lambda p: p["k"], _k, "SAELens BatchTopK SAE (JumpReLU at inference)")
+_sae(
+    "standard",
+    lambda p: None,
+    lambda p: f"d{p['d_sae']}-l1_{p['l1']:g}",
+    "SAELens standard SAE (ReLU + L1)",
 )
-register(
-    Method(
-        "batchtopk",
-        "sae",
-        _kind("batchtopk"),
-        l0=lambda p: p["k"],
-        d_sae=lambda p: p["d_sae"],
-        label=lambda p: f"d{p['d_sae']}-k{p['k']}",
-        description="SAELens BatchTopK SAE (JumpReLU at inference)",
-        config_fields=_TRAIN_FIELDS,
-    )
+_sae(
+    "jumprelu",
+    lambda p: None,
+    lambda p: f"d{p['d_sae']}-l0_{p['l0']:g}",
+    "SAELens JumpReLU SAE (quadratic L0 loss towards a target L0; L0 measured)",
 )
-register(
-    Method(
-        "standard",
-        "sae",
-        _kind("standard"),
-        l0=lambda p: None,
-        d_sae=lambda p: p["d_sae"],
-        label=lambda p: f"d{p['d_sae']}-l1_{p['l1']:g}",
-        description="SAELens standard SAE (ReLU + L1)",
-        config_fields=_TRAIN_FIELDS,
-    )
+_sae(
+    "matryoshka",
+    lambda p: p["k"],
+    _k,
+    "SAELens Matryoshka BatchTopK SAE (nested widths d/8, d/4, d/2, d)",
+)
+_sae(
+    "topk_kmeans_init",
+    lambda p: p["k"],
+    _k,
+    "SAELens TopK SAE started from the k-means codebook (not SAELens's own init)",
 )
