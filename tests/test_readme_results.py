@@ -1,5 +1,5 @@
 """Every figure in the README's Results section is read from the committed results of one
-`make demo` run (docs/results/): the section is re-rendered from them and must be equal."""
+`make demo` run (docs/clustering_sweep/, docs/frontier/): the section is re-rendered from them and must be equal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _spec.loader.exec_module(rr)
 def test_readme_results_are_rendered_from_the_committed_results():
     sweep, frontier = rr.load()
     assert rr.current_section() == rr.render(sweep, frontier), (
-        "README.md's Results differ from docs/results/: run "
+        "README.md's Results differ from docs/*/results.json: run "
         "`python scripts/readme_results.py collect` after `make demo`"
     )
 
@@ -35,13 +35,29 @@ def test_a_changed_result_changes_the_readme():
 
 
 def test_the_committed_plots_and_results_are_those_the_readme_names():
-    for name in ("sweep.json", "frontier.json"):
-        assert (ROOT / "docs/results" / name).is_file()
     text = (ROOT / "README.md").read_text()
-    for plots in rr.PLOTS.values():
+    for exp, plots in rr.PLOTS.items():
+        assert (ROOT / "docs" / exp / "results.json").is_file()
         for plot in plots:
-            assert (ROOT / "docs" / plot).is_file(), plot
-    assert "docs/frontier.png" in text
+            assert (ROOT / "docs" / exp / plot).is_file(), plot
+            assert f"docs/{exp}/{plot}" in text, plot
+
+
+def test_the_committed_frontier_carries_the_floor_with_its_replicates():
+    """docs/frontier/results.json is the demo's whole file: summary.floor pairs each TopK
+    k = 1 with the top-1 SAE on the centroids, and each interval is recomputed from the rows'
+    bootstrap replicates."""
+    from sae_fvu_plugin.experiments.frontier_summary import rows_paired_interval
+
+    _, frontier = rr.load()
+    rows = {r["name"]: r for r in frontier["rows"]}
+    floor = frontier["summary"]["floor"]
+    assert {f["sae"].split("-")[2] for f in floor} == {"topk", "topk_kmeans_init"}
+    for f in floor:
+        sae, rep = rows[f["sae"]], rows[f["representable"]]
+        d = f["definition"]
+        assert f["difference"] == sae[f"ev_{d}"] - rep[f"ev_{d}"]
+        assert (f["ci_low"], f["ci_high"]) == rows_paired_interval(sae, rep, d)
 
 
 def test_a_cached_rerun_keeps_the_minutes_of_the_run_that_computed(tmp_path):

@@ -146,7 +146,7 @@ class FrontierConfig(ExperimentConfig):
     )
     val_tokens: int = _opt(2048, "held-out tokens for the SAEs' learning curves")
     train_tokens: int = _opt(
-        98_304,
+        65_536,
         "fresh activation rows the SAEs train on (the clustering fit rows are their first "
         "--fit-tokens; 0: the fit rows only)",
     )

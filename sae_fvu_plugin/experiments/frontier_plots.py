@@ -35,7 +35,7 @@ STYLES = {
     "standard": ("h", "C8"),
     "jumprelu": ("p", "C9"),
     "matryoshka": ("d", "k"),
-    "topk_kmeans_init": ("<", "tab:olive"),
+    "topk_kmeans_init": ("<", "navy"),
 }
 
 
