@@ -67,7 +67,7 @@ def add_options(
             continue
         default = (defaults or {}).get(f.name, _default(f))
         base, optional = _kind(f.type)
-        help_text = str(f.metadata.get("help", ""))
+        help_text = str(f.metadata.get("help", "")).replace("%", "%%")  # argparse formats it
         if f.metadata.get("positional"):
             group.add_argument(f.name, type=_scalar(base), help=help_text)
             continue

@@ -127,8 +127,9 @@ class SweepConfig(ExperimentConfig):
 
 @dataclass(frozen=True)
 class FrontierConfig(ExperimentConfig):
-    """SAEs trained by SAELens and clustering with L0 ≥ 1, on the same fit tokens, scored by
-    SAEBench's unmodified core eval on the same held-out tokens."""
+    """SAEs trained by SAELens (on fresh training rows) and clustering with L0 ≥ 1 (on the
+    fit rows, the training rows' first ``fit_tokens``), scored by SAEBench's unmodified core
+    eval on the same held-out tokens."""
 
     d_sae: int = _opt(512, "latents of every model")
     eval_batches: int = _opt(4, "SAEBench batches for explained variance and sparsity")
