@@ -81,6 +81,7 @@ def main() -> None:
                 total_training_samples=len(fit) // a.batch * a.batch,
                 train_batch_size_samples=a.batch,
                 lr=a.lr,
+                lr_end=a.lr,
                 device=str(dev),
                 autocast=autocast,
                 logger=LoggingConfig(log_to_wandb=False),
