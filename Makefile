@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: readme-results setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
+.PHONY: readme-results reproduce setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,11 @@ setup:
 demo: setup
 	$(VENV)/bin/sae-fvu sweep $(ARGS)
 	$(VENV)/bin/sae-fvu frontier $(ARGS)
+
+# The original experiment at its own scale (2^20 tokens per layer, d_sae 4,096, k-means
+# 4,096 / 16,384): hours; every stage cached, rerun to continue. ARGS="--device cuda" on a GPU.
+reproduce: setup
+	$(VENV)/bin/sae-fvu reproduce $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check sae_fvu_plugin tests benchmarks scripts patches/equivalence

@@ -99,7 +99,7 @@ def test_help_imports_nothing_heavy():
         "import sys, contextlib, io\n"
         "from sae_fvu_plugin.cli import build_parser\n"
         "p = build_parser()\n"
-        "for sub in ('fit', 'eval', 'sweep', 'frontier', 'compare'):\n"
+        "for sub in ('fit', 'eval', 'sweep', 'frontier', 'reproduce', 'compare'):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        p.parse_args([sub, '--help'])\n"
         "print(sorted(m for m in ('torch', 'sae_lens', 'sae_bench', 'transformer_lens') if m in sys.modules))\n"
@@ -111,7 +111,7 @@ def test_help_imports_nothing_heavy():
 def test_every_flag_has_help_and_default():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
-    for name in ("fit", "eval", "sweep", "frontier"):
+    for name in ("fit", "eval", "sweep", "frontier", "reproduce"):
         for action in subs[name]._actions:
             if action.dest in ("help", "full") or not action.option_strings:
                 continue
@@ -123,7 +123,7 @@ def test_every_flag_has_help_and_default():
             assert action.help.count("(default") <= 1, (name, action.help)
     eval_def = next(a for a in subs["eval"]._actions if a.dest == "definition")
     assert "fvu_a" in eval_def.help
-    for name in ("fit", "eval", "sweep", "frontier", "compare"):
+    for name in ("fit", "eval", "sweep", "frontier", "reproduce", "compare"):
         text = subs[name].format_help()
         assert "``" not in text and ":class:" not in text, name
     assert "``" not in parser.format_help()

@@ -4,6 +4,7 @@
     sae-fvu eval out/km512                   # SAEBench core eval, every definition
     sae-fvu sweep                            # the clustering sweep (make demo)
     sae-fvu frontier                         # SAEs vs clustering at every L0
+    sae-fvu reproduce                        # the original experiment at its own scale
     sae-fvu compare A.json B.json            # paired difference of two eval results
 
 Every flag is generated from the options the command runs with (help text and default
@@ -17,7 +18,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from ..experiments.config import FrontierConfig, SweepConfig
+from ..experiments.config import FrontierConfig, ReproduceConfig, SweepConfig
 from ..kmeans_options import KMeansOptions
 from . import flags as _cli
 from .commands import EvalCommand, FitCommand
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=_cli.plain_doc(FrontierConfig.__doc__),
     )
     add_experiment_arguments(fr, FrontierConfig)
+    rp = sub.add_parser(
+        "reproduce",
+        help="the original experiment at its scale: 2^20 tokens, k-means 4,096 / 16,384, SAEs",
+        description=_cli.plain_doc(ReproduceConfig.__doc__),
+    )
+    _cli.add_options(rp, ReproduceConfig)
     c = sub.add_parser(
         "compare",
         help="paired difference of two eval results (A.json B.json), per definition",
@@ -94,6 +101,8 @@ def _main(argv: list[str] | None) -> Any:
             cmd = experiment_config(args, SweepConfig)
         elif args.command == "frontier":
             cmd = experiment_config(args, FrontierConfig)
+        elif args.command == "reproduce":
+            cmd = ReproduceConfig(**_cli.collect(args, ReproduceConfig))
     except (ValueError, TypeError) as err:
         raise _cli.UsageError(str(err)) from None
     import warnings
@@ -107,12 +116,14 @@ def _main(argv: list[str] | None) -> Any:
         from .compare import compare_command
 
         return compare_command(args.results)
-    if args.command in ("sweep", "frontier"):
+    if args.command in ("sweep", "frontier", "reproduce"):
         from ..experiments.frontier import FRONTIER
+        from ..experiments.reproduce import REPRODUCE
         from ..experiments.runner import run_experiment
         from ..experiments.sweep import SWEEP
 
-        return run_experiment(SWEEP if args.command == "sweep" else FRONTIER, cmd)
+        spec = {"sweep": SWEEP, "frontier": FRONTIER, "reproduce": REPRODUCE}[args.command]
+        return run_experiment(spec, cmd)
     from .eval import eval_command
 
     return eval_command(cmd)

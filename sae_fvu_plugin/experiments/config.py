@@ -267,3 +267,54 @@ class FrontierConfig(ExperimentConfig):
             model_metrics=True,
         )
         return cls(**(base | kw))
+
+
+@dataclass(frozen=True)
+class ReproduceConfig(FrontierConfig):
+    """The original experiment at its own scale (StefanHex's shortform: 1M tokens, k-means
+    with 4,096 and 16,384 clusters, PCA + k-means over n_pca 1–500): 2^20 fit tokens per
+    layer, d_sae 4,096, 65,536 held-out tokens, every method also on the Gaussian control;
+    SAEs trained by SAELens on 2^20 fresh rows. Every stage is cached under ``--out``: a
+    rerun (after an interruption too) continues where it stopped."""
+
+    fit_tokens: int = _opt(1_048_576, "activation rows every clustering method is fitted on")
+    train_tokens: int = _opt(
+        1_048_576, "fresh activation rows the SAEs train on (the fit rows are their first rows)"
+    )
+    val_tokens: int = _opt(16_384, "held-out tokens for the SAEs' learning curves")
+    d_sae: int = _opt(4096, "latents of every model (the large k-means below aside)")
+    eval_batches: int = _opt(64, "SAEBench batches for explained variance and sparsity")
+    batch_prompts: int = _opt(8, "contexts per SAEBench batch")
+    n_iter: int = _opt(30, "maximum Lloyd iterations of every k-means fit")
+    large_ks: list[int] = _opt([16_384], "k of the larger k-means models (and their top-1 SAE)")
+    large_pca_ns: list[int] = _opt(
+        [10, 50, 100], "n_pca of the PCA + k-means models with a total of max(--large-ks) latents"
+    )
+    sae_ks: list[int] = _opt([1, 2, 4, 8, 16, 32, 64, 128], "k of the TopK SAEs")
+    batchtopk_ks: list[int] = _opt([8, 32], "k of the BatchTopK SAEs")
+    jumprelu_l0s: list[float] = _opt([8.0, 32.0], "target L0 of the JumpReLU SAEs")
+    matryoshka_ks: list[int] = _opt([8, 32], "k of the Matryoshka BatchTopK SAEs")
+    pca_ns: list[int] = _opt(
+        [1, 2, 5, 10, 20, 50, 100, 200, 500],
+        "n_pca of the PCA + k-means models at a total of --d-sae latents (the original's grid)",
+    )
+    residual_stages: list[int] = _opt([2, 4, 8], "stages of the residual k-means models")
+    mp_iterations: list[int] = _opt([2, 4, 8], "matching-pursuit steps over the k-means codebook")
+    sae_batch_tokens: int = _opt(4096, "SAE training batch (tokens)")
+    sae_sweep_tokens: int = _opt(131_072, "tokens each learning rate of the sweep trains")
+    sae_max_tokens: int = _opt(2_097_152, "SAE training budget (tokens seen)")
+    sae_eval_every: int = _opt(65_536, "tokens between learning-curve points")
+    gaussian_grid: str = _opt("all", "methods fitted on the Gaussian control: 'all' or 'small'")
+    out: str = _opt("out/reproduce", "output folder (reruns continue from what it holds)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        vals = [check_int("--large-ks", v, 2) for v in self.large_ks]
+        object.__setattr__(self, "large_ks", vals)
+        pcas = [check_int("--large-pca-ns", v, 1) for v in self.large_pca_ns]
+        object.__setattr__(self, "large_pca_ns", pcas)
+        if pcas and not vals:
+            raise ValueError("--large-pca-ns needs --large-ks.")
+        for p in pcas:
+            if p >= max(vals):
+                raise ValueError(f"--large-pca-ns {p} must be below --large-ks {max(vals)}.")

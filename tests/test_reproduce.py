@@ -1,0 +1,138 @@
+"""``sae-fvu reproduce`` at toy size on the real SmolLM2 weights: every stage (activations,
+k-means at two sizes, PCA + k-means at two totals, L0 > 1 clustering, every SAE family,
+SAEBench's evaluation), ``kill -9`` in the middle and a rerun that continues from the
+cache instead of starting again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sae_fvu_plugin.cli import run
+from sae_fvu_plugin.experiments.config import ReproduceConfig
+from sae_fvu_plugin.experiments.reproduce import ORIGINAL, points, stage_minutes
+
+TOY = [
+    "--layers", "1",
+    "--fit-tokens", "1200",
+    "--train-tokens", "2400",
+    "--val-tokens", "254",
+    "--eval-batches", "2",
+    "--batch-prompts", "2",
+    "--recon-batches", "1",
+    "--d-sae", "16",
+    "--large-ks", "32",
+    "--large-pca-ns", "4",
+    "--sae-ks", "1", "2",
+    "--batchtopk-ks", "2",
+    "--l1-coefficients", "0.05",
+    "--jumprelu-l0s", "2",
+    "--matryoshka-ks", "2",
+    "--kmeans-init-ks", "1",
+    "--pca-ns", "2",
+    "--residual-stages", "2",
+    "--mp-iterations", "2",
+    "--sae-batch-tokens", "128",
+    "--sae-eval-every", "1280",
+    "--sae-max-tokens", "3840",
+    "--sae-sweep-tokens", "1280",
+    "--sae-lrs", "0.003",
+    "--sae-precision", "float32",
+    "--n-iter", "4",
+    "--bootstrap", "20",
+    "--gaussian-grid", "small",
+]  # fmt: skip
+
+
+def test_the_default_is_the_original_grid():
+    cfg = ReproduceConfig()
+    assert cfg.fit_tokens == cfg.train_tokens == 2**20 and cfg.eval_tokens >= 65_536
+    assert cfg.d_sae == 4096 and cfg.large_ks == [16_384]
+    assert cfg.pca_ns == [1, 2, 5, 10, 20, 50, 100, 200, 500]
+    pts = points(cfg)
+    for layer in cfg.layers:
+        for src in ("real", "gaussian"):  # the Gaussian control for every method
+            got = {
+                (p.method, p.param_dict.get("n_clusters"))
+                for p in pts
+                if (p.layer, p.source) == (layer, src)
+            }
+            assert {("kmeans", 4096), ("kmeans", 16_384), ("kmeans_top1", 16_384)} <= got
+            sae = {
+                p.method
+                for p in pts
+                if (p.layer, p.source) == (layer, src) and "d_sae" in p.param_dict
+            }
+            assert {"topk", "batchtopk", "standard", "jumprelu", "matryoshka"} <= sae
+    stages = stage_minutes(cfg)
+    assert set(stages) == {
+        "start-up",
+        "activations",
+        "clustering fits",
+        "SAE training",
+        "evaluations",
+    }
+    assert all(v > 0 for v in stages.values())
+    # cached points cost nothing
+    assert sum(stage_minutes(cfg, []).values()) == 0
+
+
+def test_toy_reproduce_is_killed_and_continues(tmp_path, capsys):
+    out = tmp_path / "reproduce"
+    args = ["reproduce", *TOY, "--out", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sae_fvu_plugin", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saes = out / "saes"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if saes.is_dir() and len(list(saes.glob("*/cfg.json"))) >= 4:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    assert proc.returncode != 0, "the toy run finished before it could be killed"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in saes.glob("*/cfg.json")}
+    assert len(before) >= 4
+    assert (out / "cache").is_dir()  # the activations were cached before any fit
+
+    result = run(args)
+    printed = capsys.readouterr().out
+    assert "activations ≈" in printed and "SAE training ≈" in printed  # per-stage estimate
+    n_models = len(points(ReproduceConfig(**_cfg_kwargs(out))))
+    assert len(result["rows"]) == n_models
+    after = {p.parent.name: p.stat().st_mtime_ns for p in saes.glob("*/cfg.json")}
+    for name, mtime in before.items():  # what was saved before the kill was reused
+        assert after[name] == mtime, name
+    assert len(after) > len(before)
+    real = [r for r in result["rows"] if r["source"] == "real"]
+    assert {r["d_sae"] for r in real if r["method"] == "kmeans"} == {16, 32}
+    assert {r["method"] for r in real if r["family"] == "sae"} == {
+        "topk", "batchtopk", "standard", "jumprelu", "matryoshka", "topk_kmeans_init"
+    }  # fmt: skip
+    assert all(r["held_out"]["overlap"] == 0 for r in real)
+    assert len(result["original"]) == len(ORIGINAL)
+    assert result["summary"]["1"]["by_definition"]["fvu_a"]["kmeans"] is not None
+    for f in ("results.json", "results.csv", "frontier.png", "pca_grid.png"):
+        assert (out / f).is_file(), f
+    # a third run computes nothing
+    again = run(args)
+    assert "everything is cached" in capsys.readouterr().out
+    assert len(again["rows"]) == n_models
+
+
+def _cfg_kwargs(out: Path) -> dict[str, object]:
+    from sae_fvu_plugin.cli import build_parser
+    from sae_fvu_plugin.cli import flags as cli_flags
+
+    args = build_parser().parse_args(["reproduce", *TOY, "--out", str(out)])
+    return cli_flags.collect(args, ReproduceConfig)
