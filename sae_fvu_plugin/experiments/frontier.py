@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import registry
 from .config import FrontierConfig
 from .frontier_plots import plots
 from .frontier_summary import CSV_COLUMNS, SAE_FAMILIES, format_summary, format_table, summarize
@@ -84,42 +85,52 @@ _FIT_SECONDS = {"residual_kmeans": 15.0, "pca_kmeans": 5.0, "klines": 4.0}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
 
 
-def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
-    """Wall time on 2 CPU cores for the points in ``todo`` (default: all), from rates
-    measured in a fresh-clone run on SmolLM2-135M:
+def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[str, float]:
+    """Wall minutes per stage on 2 CPU cores for the points in ``todo`` (default: all),
+    from rates measured in a run on SmolLM2-135M:
 
-    * the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L (so
-      ≈ 280 tokens/s through all 30 layers);
-    * an SAEBench eval of a real-data model = its KL / CE batches (with ``model_metrics``: 3
-      full forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
+    * start-up (imports, model load, summary and plots) ≈ 15 s;
+    * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
+      layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
+      validation rows;
+    * clustering fits: ``_FIT_SECONDS`` per method (2 s otherwise) at 16,384 fit tokens and
+      512 latents, scaled by fit tokens · the model's own latents;
+    * SAE training ≈ 60 s per million training tokens at d_sae 512 (float32 on 2 cores): its
+      learning-rate sweep plus its whole budget (min(sae_max_tokens, sae_max_passes ·
+      train_tokens)), scaled by d_sae;
+    * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
+      forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
       variance batches to the hooked layer + ≈ 0.5 s; a Gaussian-control model is scored
-      directly (≈ 1 s);
-    * a fit: ``_FIT_SECONDS`` per method (2 s otherwise), scaled by fit tokens · d_sae; an
-      SAE ≈ 60 s per million training tokens (float32 on 2 cores): its learning-rate sweep
-      plus its whole budget (min(sae_max_tokens, sae_max_passes · train_tokens)).
+      directly (≈ 1 s + 4 FLOP per eval token, latent and dimension at 120 GFLOP/s).
     """
     pts = points(cfg) if todo is None else todo
-    scale = cfg.fit_tokens / 16_384 * cfg.d_sae / 512
     n_train = cfg.train_tokens or cfg.fit_tokens
     sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
         cfg.sae_max_tokens, cfg.sae_max_passes * n_train
     )
-    seconds = 15.0  # imports, model load, summary and plots
-    if todo is None or todo:
-        n_rows = cfg.rows_tokens + cfg.val_tokens
-        seconds += n_rows * (max(cfg.layers) + 1) / 8_500
     recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
-    recon *= cfg.model_metrics
+    seconds = {"start-up": 0.0, "activations": 0.0}
+    if pts:
+        seconds["start-up"] = 15.0
+        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(cfg.layers) + 1) / 8_500
+    clus = sae = ev = 0.0
     for p in pts:
+        latents = registry.get(p.method).d_sae(p.param_dict)
         if p.method in SAE_FAMILIES:
-            seconds += sae_tokens * _SAE_SECONDS_PER_TOKEN * cfg.d_sae / 512
+            sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512
         else:
-            seconds += _FIT_SECONDS.get(p.method, 2.0) * scale
+            clus += _FIT_SECONDS.get(p.method, 2.0) * cfg.fit_tokens / 16_384 * latents / 512
         if p.source == "real":
-            seconds += recon + cfg.eval_tokens * (p.layer + 1) / 8_500 + 0.5
+            ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + 0.5
         else:
-            seconds += 1.0
-    return seconds / 60 * _MEASURED_OVER_FORMULA
+            ev += 1.0 + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
+    seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
+    return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
+
+
+def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
+    """The sum of :func:`stage_minutes`."""
+    return sum(stage_minutes(cfg, todo).values())
 
 
 # The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)

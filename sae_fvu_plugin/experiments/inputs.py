@@ -70,7 +70,6 @@ class ExperimentInputs:
             n_eval=self.n_var_ctx + cfg.recon_batches * cfg.batch_prompts,
             seed=cfg.seed,
         )
-        self.fit_index = self.split.fit_index[: self.n_fit_ctx]
         assert not set(self.split.fit_index.tolist()) & set(self.split.eval_index.tolist())
         parts: list[Any] = [cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens]
         if cfg.train_tokens:  # (keys of runs without training rows stay as they were)

@@ -31,8 +31,9 @@ from typing import Any
 from .config import ReproduceConfig
 from .frontier import describe as frontier_describe
 from .frontier import points as frontier_points
+from .frontier import stage_minutes as frontier_stage_minutes
 from .frontier_plots import plots as frontier_plots
-from .frontier_summary import CSV_COLUMNS, SAE_FAMILIES, format_summary, format_table, summarize
+from .frontier_summary import CSV_COLUMNS, format_summary, format_table, summarize
 from .points import Point
 from .report import aligned, half_width
 from .runner import ExperimentSpec
@@ -69,43 +70,10 @@ def points(cfg: ReproduceConfig) -> list[Point]:
     return out
 
 
-def _d_sae_of(p: Point) -> int:
-    q = p.param_dict
-    return int(q.get("d_sae") or q.get("n_clusters", 0) + q.get("n_pca", 0))
-
-
 def stage_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> dict[str, float]:
-    """Minutes per stage on 2 CPU cores for the points in ``todo`` (default: all), from the
-    frontier's measured rates (:func:`sae_fvu_plugin.experiments.frontier.estimate_minutes`):
-    start-up, the activations (one forward pass to the deepest layer over the fit,
-    training and validation rows), the clustering fits and the SAE training (each scaled by
-    its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) and the evaluations (a
-    Gaussian-control model scored directly, ≈ 4 FLOP per token, latent and dimension)."""
-    from . import frontier as fr
-
-    pts = points(cfg) if todo is None else todo
-    n_train = cfg.train_tokens or cfg.fit_tokens
-    sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
-        cfg.sae_max_tokens, cfg.sae_max_passes * n_train
-    )
-    recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
-    d_model = 576
-    seconds = {"start-up": 15.0 if pts else 0.0, "activations": 0.0}
-    if pts:
-        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(cfg.layers) + 1) / 8_500
-    clus = sae = ev = 0.0
-    for p in pts:
-        latents = _d_sae_of(p)
-        if p.method in SAE_FAMILIES:
-            sae += sae_tokens * fr._SAE_SECONDS_PER_TOKEN * latents / 512
-        else:
-            clus += fr._FIT_SECONDS.get(p.method, 2.0) * cfg.fit_tokens / 16_384 * latents / 512
-        if p.source == "real":
-            ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + 0.5
-        else:
-            ev += 1.0 + cfg.eval_tokens * latents * d_model * 4 / 1.2e11
-    seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
-    return {k: v / 60 * fr._MEASURED_OVER_FORMULA for k, v in seconds.items()}
+    """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
+    by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
+    return frontier_stage_minutes(cfg, points(cfg) if todo is None else todo)
 
 
 def estimate_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> float:
@@ -123,7 +91,7 @@ def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:
     )
 
 
-def original_table(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def original_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The original's numbers beside ours: k-means at each k and PCA + k-means at n_pca 50,
     its layer 3 beside our first layer and its layer 4 beside our last (different model and
     text: the same question, not the same number)."""
@@ -165,7 +133,7 @@ def original_table(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list[dict
 def _summarize(rows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
     d = context.get("d_sae")
     main = [r for r in rows if d is None or r["d_sae"] == d]
-    return {"summary": summarize(main), "original": original_table(rows, {})}
+    return {"summary": summarize(main), "original": original_table(rows)}
 
 
 def format_original(table: list[dict[str, Any]]) -> str:

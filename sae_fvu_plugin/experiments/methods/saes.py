@@ -308,7 +308,7 @@ def train(kind: str, inp: FitInput) -> Any:
         "tokens": [r.tokens for r in runs],
         "chosen": best.lr,
     }
-    run, runs = best, []
+    run, runs = best, []  # the other rates' SAEs are dropped here (memory)
     continuations: list[dict[str, Any]] = []
     converged = False
     while run.tokens < budget:
