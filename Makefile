@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: readme-results reproduce setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
+.PHONY: readme-results readme-original reproduce setup demo test lint pytest docs-test patches-check install-check bench bench-setup schema
 
 setup:
 	@bash scripts/setup.sh
@@ -18,7 +18,7 @@ demo: setup
 	$(VENV)/bin/sae-fvu sweep $(ARGS)
 	$(VENV)/bin/sae-fvu frontier $(ARGS)
 
-# The original experiment at its own scale (2^20 tokens per layer, d_sae 4,096, k-means
+# The original experiment at its own scale (786,432 fit tokens per layer, d_sae 4,096, k-means
 # 4,096 / 16,384): hours; every stage cached, rerun to continue. ARGS="--device cuda" on a GPU.
 reproduce: setup
 	$(VENV)/bin/sae-fvu reproduce $(ARGS)
@@ -61,6 +61,10 @@ bench: bench-setup
 schema: setup
 	$(PY) -c "import sae_fvu_plugin.saebench as s; print(s.write_schema())"
 
-# After `make demo`: docs/results/, docs/*.png and the README's Results from out/.
+# After `make demo`: docs/clustering_sweep/, docs/frontier/ and the README's Results from out/.
 readme-results: setup
 	$(PY) scripts/readme_results.py collect
+
+# After `make reproduce` (or a part of it): docs/original-scale/ and its README section.
+readme-original: setup
+	$(PY) scripts/readme_results.py collect-original

@@ -324,9 +324,13 @@ def split_contexts(
     limit = None if dataset == AUSTEN else n_fit + n_eval
     contexts = _load_contexts(dataset, tokenizer, context_size, limit, cache)
     if fixed is None and n_fit + n_eval > len(contexts):
-        raise ValueError(
-            f"{dataset} has {len(contexts)} contexts of {context_size} tokens; asked for "
-            f"{n_fit} fit + {n_eval} eval. Use fewer tokens."
+        from .validate import UsageError
+
+        raise UsageError(
+            f"{dataset} has {len(contexts)} contexts of {context_size} tokens "
+            f"({len(contexts) * (context_size - 1):,} usable rows, the first position of each "
+            f"dropped); asked for {n_fit} fit + {n_eval} eval contexts. Lower --fit-tokens / "
+            "--train-tokens / --val-tokens / --eval-batches, or use a larger --dataset."
         )
     order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(seed))
     if fixed is None:

@@ -49,7 +49,9 @@ TOY = [
 
 def test_the_default_is_the_original_grid():
     cfg = ReproduceConfig()
-    assert cfg.fit_tokens == cfg.train_tokens == 2**20 and cfg.eval_tokens >= 65_536
+    # Austen's 0.93 M tokens hold 786,432 fit rows beside validation and eval (checked on
+    # the real tokenizer in test_subset_runs_then_a_layer_is_added)
+    assert cfg.fit_tokens == cfg.train_tokens == 786_432 and cfg.eval_tokens >= 65_536
     assert cfg.d_sae == 4096 and cfg.large_ks == [16_384]
     assert cfg.pca_ns == [1, 2, 5, 10, 20, 50, 100, 200, 500]
     pts = points(cfg)
@@ -136,3 +138,51 @@ def _cfg_kwargs(out: Path) -> dict[str, object]:
 
     args = build_parser().parse_args(["reproduce", *TOY, "--out", str(out)])
     return cli_flags.collect(args, ReproduceConfig)
+
+
+def test_subset_runs_then_a_layer_is_added(tmp_path, capsys):
+    """``--methods`` runs part of the grid; a later run that adds a layer reuses every stage
+    of the layer already done (each layer's rows, fits and evaluations have their own key),
+    and the defaults fit in Austen."""
+    import pytest
+
+    from sae_fvu_plugin.data import AUSTEN, load_model, split_contexts
+    from sae_fvu_plugin.validate import UsageError
+
+    out = tmp_path / "subset"
+    base = [
+        "reproduce", *TOY, "--out", str(out),
+        "--methods", "kmeans", "kmeans_top1", "--large-ks", "--large-pca-ns", "--no-gaussian",
+    ]  # fmt: skip
+    first = run(base)  # TOY's --layers 1
+    assert {(r["method"], r["layer"]) for r in first["rows"]} == {
+        ("kmeans", 1), ("kmeans_top1", 1)
+    }  # fmt: skip
+    assert {r["d_sae"] for r in first["rows"]} == {16}  # --large-ks alone: none
+    saved = {p.parent.name: p.stat().st_mtime_ns for p in (out / "saes").glob("*/cfg.json")}
+    capsys.readouterr()
+    second = run([*base, "--layers", "1", "2"])
+    assert {(r["method"], r["layer"]) for r in second["rows"]} == {
+        ("kmeans", 1), ("kmeans_top1", 1), ("kmeans", 2), ("kmeans_top1", 2)
+    }  # fmt: skip
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "saes").glob("*/cfg.json")}
+    assert len(after) == 2 * len(saved)
+    for name, mtime in saved.items():  # layer 1's fits were reused, not refitted
+        assert after[name] == mtime, name
+    one = {r["method"]: r["ev_fvu_a"] for r in first["rows"]}
+    two = {r["method"]: r["ev_fvu_a"] for r in second["rows"] if r["layer"] == 1}
+    assert one == two
+    with pytest.raises(ValueError, match="unknown method 'kmeens'"):
+        points(ReproduceConfig(methods=["kmeens"]))
+    with pytest.raises(ValueError, match="selects none"):
+        points(ReproduceConfig(methods=["standard"], l1_coefficients=[]))
+
+    cfg = ReproduceConfig()  # the defaults fit in Austen's contexts
+    tok = load_model("smollm2-135m", device="cpu", n_ctx=128).tokenizer
+    per = cfg.context_size - 1
+    n_fit = -(-cfg.rows_tokens // per) + -(-cfg.val_tokens // per)
+    n_eval = (cfg.eval_batches + cfg.recon_batches) * cfg.batch_prompts
+    split = split_contexts(AUSTEN, tok, context_size=cfg.context_size, n_fit=n_fit, n_eval=n_eval)
+    assert len(split.eval) == n_eval
+    with pytest.raises(UsageError, match="--fit-tokens"):
+        split_contexts(AUSTEN, tok, context_size=128, n_fit=2 * n_fit, n_eval=n_eval)

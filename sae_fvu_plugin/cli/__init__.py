@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_arguments(fr, FrontierConfig)
     rp = sub.add_parser(
         "reproduce",
-        help="the original experiment at its scale: 2^20 tokens, k-means 4,096 / 16,384, SAEs",
+        help="the original experiment at its scale: ~1M tokens, k-means 4,096 / 16,384, SAEs",
         description=_cli.plain_doc(ReproduceConfig.__doc__),
     )
     _cli.add_options(rp, ReproduceConfig)

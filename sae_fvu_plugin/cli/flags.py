@@ -80,11 +80,10 @@ def add_options(
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = help_text if states_default else f"{help_text} (default: {shown})"
         elif base.startswith("list["):
-            kw["nargs"] = "+"
+            kw["nargs"] = "*" if f.metadata.get("empty") else "+"
             kw["type"] = _scalar(base[5:-1])
-            kw["help"] = (
-                f"{help_text} (default: {' '.join(map(str, default)) if default else 'none'})"
-            )
+            shown_list = " ".join(map(str, default)) if default else "none"
+            kw["help"] = help_text if states_default else f"{help_text} (default: {shown_list})"
         else:
             kw["type"] = _scalar(base)
             if "choices" in f.metadata:  # validated by the options class, which suggests fixes

@@ -192,6 +192,11 @@ class FrontierConfig(ExperimentConfig):
         "methods fitted on the Gaussian control: 'small' (k-means, its top-1, the middle PCA + "
         "k-means, residual k-means and TopK SAE) or 'all'",
     )
+    methods: list[str] = _opt(
+        [],
+        "run only the grid's points of these methods, e.g. kmeans kmeans_top1 pca_kmeans "
+        "(default: every method); a later run without it reuses what this one cached",
+    )
     out: str = _opt("out/frontier", "output folder (reruns reuse what it holds)")
 
     def __post_init__(self) -> None:
@@ -272,23 +277,37 @@ class FrontierConfig(ExperimentConfig):
 @dataclass(frozen=True)
 class ReproduceConfig(FrontierConfig):
     """The original experiment at its own scale (StefanHex's shortform: 1M tokens, k-means
-    with 4,096 and 16,384 clusters, PCA + k-means over n_pca 1–500): 2^20 fit tokens per
-    layer, d_sae 4,096, 65,536 held-out tokens, every method also on the Gaussian control;
-    SAEs trained by SAELens on 2^20 fresh rows. Every stage is cached under ``--out``: a
-    rerun (after an interruption too) continues where it stopped."""
+    with 4,096 and 16,384 clusters, PCA + k-means over n_pca 1–500): 786,432 fit tokens per
+    layer (as many as Austen holds beside the held-out rows), d_sae 4,096, 65,536 held-out
+    tokens, every method also on the Gaussian control; SAEs trained by SAELens on those
+    rows. Every stage is cached under ``--out``, per layer: a rerun (after an interruption,
+    or with a layer or a method added) continues where it stopped; ``--methods`` runs part
+    of the grid."""
 
-    fit_tokens: int = _opt(1_048_576, "activation rows every clustering method is fitted on")
+    fit_tokens: int = _opt(
+        786_432,
+        "activation rows every clustering method is fitted on (Austen's 0.93 M tokens hold "
+        "786,432 beside the validation and evaluation rows; the original fitted 1,000,000: "
+        "pass 1048576 with a larger --dataset)",
+    )
     train_tokens: int = _opt(
-        1_048_576, "fresh activation rows the SAEs train on (the fit rows are their first rows)"
+        786_432, "fresh activation rows the SAEs train on (the fit rows are their first rows)"
     )
     val_tokens: int = _opt(16_384, "held-out tokens for the SAEs' learning curves")
     d_sae: int = _opt(4096, "latents of every model (the large k-means below aside)")
     eval_batches: int = _opt(64, "SAEBench batches for explained variance and sparsity")
     batch_prompts: int = _opt(8, "contexts per SAEBench batch")
     n_iter: int = _opt(30, "maximum Lloyd iterations of every k-means fit")
-    large_ks: list[int] = _opt([16_384], "k of the larger k-means models (and their top-1 SAE)")
+    large_ks: list[int] = _opt(
+        [16_384],
+        "k of the larger k-means models and their top-1 SAE (the flag alone: none)",
+        empty=True,
+    )
     large_pca_ns: list[int] = _opt(
-        [10, 50, 100], "n_pca of the PCA + k-means models with a total of max(--large-ks) latents"
+        [10, 50, 100],
+        "n_pca of the PCA + k-means models with a total of max(--large-ks) latents (the flag "
+        "alone: none)",
+        empty=True,
     )
     sae_ks: list[int] = _opt([1, 2, 4, 8, 16, 32, 64, 128], "k of the TopK SAEs")
     batchtopk_ks: list[int] = _opt([8, 32], "k of the BatchTopK SAEs")

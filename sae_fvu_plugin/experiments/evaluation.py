@@ -26,15 +26,17 @@ class Evaluator:
         self.inputs = inputs
         self.cfg, self.out = inputs.cfg, inputs.out
         cfg = self.cfg
-        self.key = key_of(
-            ROWS_FORMAT,
-            inputs.data_key,
+        self._settings: list[Any] = [
             cfg.eval_batches,
             cfg.batch_prompts,
             cfg.recon_batches,
             cfg.bootstrap,
             *([] if cfg.model_metrics else ["no-kl-ce"]),
-        )
+        ]
+
+    def key(self, layer: int) -> str:
+        """The cache key of ``layer``'s evaluations: its rows' key and the eval settings."""
+        return key_of(ROWS_FORMAT, self.inputs.data_key(layer), *self._settings)
 
     def result_json(self, point: Point, tag: str = "") -> Path:
         return self.out / "results" / f"{point.name}{tag}_eval_results.json"

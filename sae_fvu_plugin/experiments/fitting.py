@@ -27,7 +27,12 @@ class Fits:
         m = registry.get(point.method)
         relevant = {name: getattr(self.cfg, name, None) for name in m.config_fields}
         return key_of(
-            self.inputs.data_key, point.method, point.params, point.layer, point.source, relevant
+            self.inputs.data_key(point.layer),
+            point.method,
+            point.params,
+            point.layer,
+            point.source,
+            relevant,
         )
 
     def fitted(self, point: Point) -> Any:

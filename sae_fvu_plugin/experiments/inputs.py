@@ -74,7 +74,9 @@ class ExperimentInputs:
         parts: list[Any] = [cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens]
         if cfg.train_tokens:  # (keys of runs without training rows stay as they were)
             parts.append(["train", cfg.train_tokens])
-        self.data_key = key_of(*parts, cfg.seed, cfg.layers)
+        # One key per layer (each layer's rows, fits and evaluations are cached under its
+        # own), so a run that adds a layer reuses every stage of the layers already done.
+        self.data_keys = {layer: key_of(*parts, cfg.seed, [layer]) for layer in cfg.layers}
         self.rows, self.val_acts = self._activations()
         self.fit_acts = {h: a[: cfg.fit_tokens] for h, a in self.rows.items()}
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
@@ -82,21 +84,50 @@ class ExperimentInputs:
     def hooks(self) -> list[str]:
         return [self.cfg.hook(layer) for layer in self.cfg.layers]
 
+    def data_key(self, layer: int) -> str:
+        """The cache key of ``layer``'s activation rows (model, text, split, token counts,
+        seed, layer): every fit and evaluation of that layer is keyed under it."""
+        return self.data_keys[layer]
+
     def _activations(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every layer's rows and validation rows: read (memory-mapped) from each layer's
+        cache file, the missing layers collected in one model pass and saved atomically."""
+        fit: dict[str, torch.Tensor] = {}
+        val: dict[str, torch.Tensor] = {}
+        paths = {
+            layer: self.out / "cache" / f"acts-{self.data_key(layer)}.pt"
+            for layer in self.cfg.layers
+        }
+        missing = [layer for layer, path in paths.items() if not path.is_file()]
+        for layer, path in paths.items():
+            if layer not in missing:  # memory-mapped: every method reads the same pages
+                saved = torch.load(path, weights_only=True, mmap=True)
+                fit.update(saved["fit"])
+                val.update(saved["val"])
+        if missing:
+            got_fit, got_val = self._collect([self.cfg.hook(layer) for layer in missing])
+            for layer in missing:
+                hook = self.cfg.hook(layer)
+                path = paths[layer]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                torch.save({"fit": {hook: got_fit[hook]}, "val": {hook: got_val[hook]}}, tmp)
+                tmp.replace(path)  # an interrupted save leaves no half-written cache
+            fit.update(got_fit)
+            val.update(got_val)
+        return fit, val
+
+    def _collect(self, hooks: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         from datasets import Dataset
 
         from ..clustering import collect_activations
 
-        path = self.out / "cache" / f"acts-{self.data_key}.pt"
-        if path.is_file():  # memory-mapped: every method reads the same pages
-            saved = torch.load(path, weights_only=True, mmap=True)
-            return saved["fit"], saved["val"]
         cfg = self.cfg
         rows = self.split.fit  # fit contexts, then validation contexts
         acts = collect_activations(
             self.model,
             Dataset.from_dict({"input_ids": rows.tolist()}),
-            self.hooks(),
+            hooks,
             len(rows) * (cfg.context_size - 1),
             context_size=cfg.context_size,
             batch_prompts=cfg.batch_prompts,
@@ -107,10 +138,6 @@ class ExperimentInputs:
         n_val = self.n_fit_ctx * (cfg.context_size - 1)
         fit = {h: a[: cfg.rows_tokens].contiguous() for h, a in acts.items()}
         val = {h: a[n_val : n_val + cfg.val_tokens].contiguous() for h, a in acts.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"fit": fit, "val": val}, tmp)
-        tmp.replace(path)  # an interrupted save leaves no half-written cache
         return fit, val
 
     def gaussian(self, layer: int) -> dict[str, torch.Tensor]:

@@ -5,16 +5,19 @@ clusters and PCA + k-means (n_pca 1–500) on 1,000,000 tokens of pythia-70m's r
 stream (layers 3 and 4) against Neuronpedia SAEs. This spec runs that grid on the offline
 default (SmolLM2-135M, Austen; layers 3 and 15) at that scale: the frontier's methods at
 d_sae 4,096 (:mod:`.frontier`), plus k-means and its top-1 SAE at 16,384 clusters and PCA +
-k-means at a total of 16,384 latents, on 2^20 fit tokens per layer, every method also on
-the Gaussian control, all scored by SAEBench's own ``run_evals`` on 65,536 held-out tokens.
+k-means at a total of 16,384 latents, on 786,432 fit tokens per layer (Austen holds 0.93 M
+tokens; ``--fit-tokens 1048576`` with a larger ``--dataset``), every method also on the
+Gaussian control, all scored by SAEBench's own ``run_evals`` on 65,536 held-out tokens.
 
-Every stage is cached under ``out/reproduce/``: the activations (one memory-mapped file),
-each k-means fit (checkpointed every iteration), each SAE, each evaluation; a rerun after
+Every stage is cached under ``out/reproduce/``, per layer: the activations (one
+memory-mapped file per layer), each k-means fit (checkpointed every iteration), each SAE, each evaluation; a rerun after
 ``kill -9`` anywhere continues where it stopped. The printed estimate is per stage and in
 total.
 
     sae-fvu reproduce                                   # offline default, CPU or GPU
     sae-fvu reproduce --device cuda
+    sae-fvu reproduce --methods kmeans kmeans_top1 pca_kmeans --pca-ns 50 --large-ks \
+        --large-pca-ns --no-gaussian                    # a part of the grid (cached alike)
     sae-fvu reproduce --model pythia-70m-deduped --dataset Skylion007/openwebtext --layers 3 4
 
 Output: the frontier's files (results.json / results.csv with every model × definition and
@@ -31,6 +34,7 @@ from typing import Any
 from .config import ReproduceConfig
 from .frontier import describe as frontier_describe
 from .frontier import points as frontier_points
+from .frontier import select as frontier_select
 from .frontier import stage_minutes as frontier_stage_minutes
 from .frontier_plots import plots as frontier_plots
 from .frontier_summary import CSV_COLUMNS, format_summary, format_table, summarize
@@ -67,7 +71,7 @@ def points(cfg: ReproduceConfig) -> list[Point]:
                 total = max(cfg.large_ks)
                 for p in cfg.large_pca_ns:
                     out.append(Point.of("pca_kmeans", layer, src, n_clusters=total - p, n_pca=p))
-    return out
+    return frontier_select(cfg, out)
 
 
 def stage_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> dict[str, float]:
@@ -86,7 +90,8 @@ def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:
     per_stage = "; ".join(f"{k} ≈ {v:.1f} min" for k, v in stages.items())
     return (
         frontier_describe(cfg, pts)
-        + f" Plus k-means at {cfg.large_ks} clusters. Stages on 2 CPU cores, before any cache "
+        + (f" Plus k-means at {cfg.large_ks} clusters." if cfg.large_ks else "")
+        + " Stages on 2 CPU cores, before any cache "
         f"(the frontier's rates, not yet calibrated at this scale): {per_stage}."
     )
 

@@ -53,7 +53,7 @@ class Experiment:
         return self.fits.fitted(point)
 
     def _rows_path(self, point: Point) -> Path:
-        name = f"{point.name}-{self.fits.key(point)}-{self.evaluator.key}.json"
+        name = f"{point.name}-{self.fits.key(point)}-{self.evaluator.key(point.layer)}.json"
         return self.out / "rows" / name
 
     def is_cached(self, point: Point) -> bool:
