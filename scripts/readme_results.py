@@ -622,6 +622,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     rows = [r for r in result["rows"] if r["source"] == "real"]
     methods = c.get("methods") or []
     n_all, n_todo, hours = _remaining_hours(result)
+    fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
     eval_rows = {r["n_eval_tokens"] for r in rows}
     table = [
@@ -664,12 +665,25 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     }
     ours_km = {r["layer"]: r for r in rows if r["method"] == "kmeans" and r["d_sae"] == c["d_sae"]}
     changed = "; ".join(
-        f"layer {layer}: ± {f(half(demo[layer]))} with {demo[layer]['d_sae']} clusters on "
-        f"{count(demo[layer]['n_eval_tokens'])} held-out tokens → ± {f(half(r))} with "
-        f"{r['d_sae']:,} on {count(r['n_eval_tokens'])}"
+        f"layer {layer}: {f(demo[layer]['ev_fvu_a'])} ± {f(half(demo[layer]))} with "
+        f"{demo[layer]['d_sae']} clusters fitted on {count(demo[layer]['n_tokens'])} tokens "
+        f"and {count(demo[layer]['n_eval_tokens'])} held-out → {f(r['ev_fvu_a'])} ± "
+        f"{f(half(r))} with {r['d_sae']:,} on {count(r['n_tokens'])} and "
+        f"{count(r['n_eval_tokens'])}"
         for layer, r in sorted(ours_km.items())
         if layer in demo
     )
+    summary = result["summary"]
+    paired = []
+    for layer in _layers(summary):
+        for b in summary[layer]["vs_kmeans_at_equal_d_sae"]:
+            lo, hi = b["paired_ci"]
+            name = METHOD_WORDS.get(b["method"], b["method"])
+            if b["params"].get("n_pca"):
+                name += f" (n_pca {b['params']['n_pca']}, L0 {b['l0']:.0f})"
+            paired.append(
+                f"layer {layer}, {name}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} {ci(lo, hi, 4)}"
+            )
     ran = (
         "the part of its grid named by `--methods "
         + " ".join(methods)
@@ -683,7 +697,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "",
         f"What was run: `sae-fvu reproduce` — {ran}, layers "
         f"{' and '.join(map(str, c['layers']))}, without the Gaussian control — on 2 CPU cores "
-        f"without bfloat16 units ({_minutes(result):.0f} min computed). Every clustering model "
+        f"without bfloat16 units (the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
+        "row; each part of the grid ran into the same `--out` and `--cached-only` gathered "
+        "them). Every clustering model "
         f"is fitted on {' / '.join(count(n) for n in sorted(fit_rows))} tokens (Austen's 0.93 M "
         "tokens hold 786,432 fit rows beside the held-out ones; the original fitted "
         "1,000,000) and scored by SAEBench's own `run_evals` on "
@@ -693,7 +709,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "[`results.csv`](docs/original-scale/results.csv), "
         "[PCA + k-means against n_pca](docs/original-scale/pca_grid.png).",
         "",
-        "The original's corrected numbers beside ours. The model and the text differ (its "
+        "The original's corrected numbers beside ours. They are under its SAE numbers' "
+        "definition, Neuronpedia's: the mean of per-token ratios, `fvu_b` here. The model "
+        "and the text differ (its "
         "layers 3 and 4 of pythia-70m on OpenWebText, our layers 3 and 15 of SmolLM2-135M on "
         "Austen): the same question at the same scale, not the same number. ± is half the "
         "95 % bootstrap interval over held-out contexts.",
@@ -708,9 +726,11 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         *detail,
         "```",
         "",
-        f"* **What the scale changed.** The intervals (k-means, `fvu_a`): {changed}.",
+        f"* **What the scale changed** (k-means, `fvu_a`, against the demo's frontier): {changed}.",
+        "* **Against k-means at equal latents** (`fvu_a`, paired 95 % interval on the same "
+        "tokens): " + "; ".join(paired) + ".",
         f"* **Not run yet:** {n_todo} of the grid's {n_all} models (the SAE families at "
-        "d_sae 4,096, L0 > 1 clustering, k-means at 16,384, the rest of the n_pca grid, the "
+        "d_sae 4,096, residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the n_pca grid, the "
         f"Gaussian control) — ≈ {hours:.0f} h on these 2 cores by the calibrated rates, so "
         "the question at which L0 each SAE family matches k-means is answered at this scale "
         "only once that run (or `--device cuda` on a GPU) has been made. Rerunning "

@@ -86,3 +86,25 @@ def test_the_printed_estimates_match_the_committed_run():
     ):
         took = rr._minutes(result)
         assert abs(est - took) <= 0.25 * took, (est, took)
+
+
+def test_the_original_scale_section_is_rendered_from_its_committed_results():
+    """README's "At the original experiment's scale" is rendered from
+    docs/original-scale/results.json (a `sae-fvu reproduce` run), the original's numbers
+    beside ours, and a changed number changes it."""
+    result = rr.load_original()
+    sweep, frontier = rr.load()
+    text = rr.render_original(result, sweep, frontier)
+    assert rr.current_section(rr.ORIGINAL_BEGIN, rr.ORIGINAL_END) == text, (
+        "README.md's original-scale section differs from docs/original-scale/: run "
+        "`python scripts/readme_results.py collect-original` after `make reproduce`"
+    )
+    for name in rr.ORIGINAL_FILES:
+        assert (rr.ORIGINAL_DIR / name).is_file(), name
+    ran = [t for t in result["original"] if t["fvu_a"] is not None]
+    assert ran, "no model of the original's table has run"
+    for t in ran:
+        assert f"{t['original']:.4f}" in text and f"{t['fvu_a']:.4f}" in text
+    changed = copy.deepcopy(result)
+    changed["rows"][0]["ev_fvu_a"] += 0.01
+    assert rr.render_original(changed, sweep, frontier) != text

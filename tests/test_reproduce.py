@@ -172,6 +172,20 @@ def test_subset_runs_then_a_layer_is_added(tmp_path, capsys):
     one = {r["method"]: r["ev_fvu_a"] for r in first["rows"]}
     two = {r["method"]: r["ev_fvu_a"] for r in second["rows"] if r["layer"] == 1}
     assert one == two
+    capsys.readouterr()
+    # --cached-only gathers what is cached and names what is not; it computes nothing
+    wider = [*base[:-6], "--methods", "kmeans", "kmeans_top1", "klines", "--large-ks"]
+    gathered = run(
+        [*wider, "--large-pca-ns", "--no-gaussian", "--layers", "1", "2", "--cached-only"]
+    )
+    printed = capsys.readouterr().out
+    assert "2 not run yet" in printed and "klines" in printed
+    assert len(gathered["rows"]) == 4
+    assert {p.parent.name for p in (out / "saes").glob("*/cfg.json")} == set(after)
+    with pytest.raises(SystemExit) as exit_:  # one line, exit status 2
+        run([*base, "--out", str(tmp_path / "empty"), "--cached-only"])
+    assert exit_.value.code == 2
+    assert "none of the 2 models" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown method 'kmeens'"):
         points(ReproduceConfig(methods=["kmeens"]))
     with pytest.raises(ValueError, match="selects none"):

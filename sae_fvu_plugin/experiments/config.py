@@ -49,6 +49,12 @@ class ExperimentConfig:
     model_metrics: bool = _opt(
         True, "also run SAEBench's KL / CE-loss passes for every real-data model"
     )
+    cached_only: bool = _opt(
+        False,
+        "fit and evaluate nothing: report the grid's models already cached in --out (runs "
+        "of parts of the grid, e.g. one layer or --methods each, gathered into one "
+        "results.json) and name the ones missing",
+    )
 
     def __post_init__(self) -> None:
         for name in ("context_size", "fit_tokens", "eval_batches", "batch_prompts", "n_iter"):

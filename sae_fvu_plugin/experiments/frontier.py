@@ -100,7 +100,18 @@ def select(cfg: FrontierConfig, pts: list[Point]) -> list[Point]:
 
 # Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a
 # fresh-clone `make demo`): the fit of one model of each method, before its evaluation.
-_FIT_SECONDS = {"residual_kmeans": 15.0, "pca_kmeans": 5.0, "klines": 4.0}
+# The codebook SAEs (top-1, matching pursuit) reuse the k-means fit: they cost nothing here.
+# PCA + k-means = its k-means (scaled by latents) + the PCA and projection (scaled by rows
+# only, `_ROW_SECONDS`): 2 + 3 s in the demo. At the original scale (786,432 rows, 4,096
+# latents, `sae-fvu reproduce`, layer 3) k-means took 819 s and PCA + k-means 968 s against
+# the 714 and 848 these rates give.
+_FIT_SECONDS = {
+    "residual_kmeans": 15.0,
+    "klines": 4.0,
+    "kmeans_top1": 0.0,
+    "kmeans_mp": 0.0,
+}
+_ROW_SECONDS = {"pca_kmeans": 3.0}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
 
 
@@ -113,14 +124,16 @@ def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[
       layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
       validation rows;
     * clustering fits: ``_FIT_SECONDS`` per method (2 s otherwise) at 16,384 fit tokens and
-      512 latents, scaled by fit tokens · the model's own latents;
+      512 latents, scaled by fit tokens · the model's own latents, plus ``_ROW_SECONDS``
+      scaled by fit tokens;
     * SAE training ≈ 60 s per million training tokens at d_sae 512 (float32 on 2 cores): its
       learning-rate sweep plus its whole budget (min(sae_max_tokens, sae_max_passes ·
       train_tokens)), scaled by d_sae;
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
-      variance batches to the hooked layer + ≈ 0.5 s; a Gaussian-control model is scored
-      directly (≈ 1 s + 4 FLOP per eval token, latent and dimension at 120 GFLOP/s).
+      variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
+      dimension at 120 GFLOP/s) + ≈ 0.5 s; a Gaussian-control model is scored directly
+      (≈ 1 s + the same SAE term).
     """
     pts = points(cfg) if todo is None else todo
     n_train = cfg.train_tokens or cfg.fit_tokens
@@ -138,9 +151,16 @@ def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[
         if p.method in SAE_FAMILIES:
             sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512
         else:
-            clus += _FIT_SECONDS.get(p.method, 2.0) * cfg.fit_tokens / 16_384 * latents / 512
+            clus += (
+                _FIT_SECONDS.get(p.method, 2.0) * latents / 512 + _ROW_SECONDS.get(p.method, 0.0)
+            ) * (cfg.fit_tokens / 16_384)
         if p.source == "real":
-            ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + 0.5
+            ev += (
+                recon * cfg.model_metrics
+                + cfg.eval_tokens * (p.layer + 1) / 8_500
+                + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
+                + 0.5
+            )
         else:
             ev += 1.0 + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
     seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}

@@ -77,9 +77,29 @@ class ExperimentInputs:
         # One key per layer (each layer's rows, fits and evaluations are cached under its
         # own), so a run that adds a layer reuses every stage of the layers already done.
         self.data_keys = {layer: key_of(*parts, cfg.seed, [layer]) for layer in cfg.layers}
-        self.rows, self.val_acts = self._activations()
-        self.fit_acts = {h: a[: cfg.fit_tokens] for h, a in self.rows.items()}
+        self._acts: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
+
+    # The activations are read (or collected) when a fit or an evaluation first needs
+    # them: a run whose every model is cached never touches them.
+    @property
+    def rows(self) -> dict[str, torch.Tensor]:
+        """Per hook: the activation rows (``rows_tokens``; the fit rows are the first)."""
+        if self._acts is None:
+            self._acts = self._activations()
+        return self._acts[0]
+
+    @property
+    def val_acts(self) -> dict[str, torch.Tensor]:
+        """Per hook: the held-out validation rows (the SAEs' learning curves)."""
+        self.rows  # noqa: B018  (loads both)
+        assert self._acts is not None
+        return self._acts[1]
+
+    @property
+    def fit_acts(self) -> dict[str, torch.Tensor]:
+        """Per hook: the fit rows (the first ``fit_tokens`` rows)."""
+        return {h: a[: self.cfg.fit_tokens] for h, a in self.rows.items()}
 
     def hooks(self) -> list[str]:
         return [self.cfg.hook(layer) for layer in self.cfg.layers]

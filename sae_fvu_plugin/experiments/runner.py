@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..validate import UsageError
 from . import methods  # noqa: F401  (registers the built-in methods)
 from .config import ExperimentConfig
 from .evaluation import Evaluator
@@ -122,6 +123,20 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     print(f"{tag} {spec.describe(cfg, pts)}", flush=True)
     exp = Experiment(cfg, progress=progress)
     todo = [p for p in pts if not exp.is_cached(p)]
+    if getattr(cfg, "cached_only", False) and todo:
+        missing = ", ".join(p.name for p in todo[:8]) + (" …" if len(todo) > 8 else "")
+        pts = [p for p in pts if exp.is_cached(p)]
+        if not pts:
+            raise UsageError(
+                f"--cached-only: none of the {len(todo)} models of this grid is cached in "
+                f"{out}/; run without --cached-only first."
+            )
+        print(
+            f"{tag} --cached-only: reporting the {len(pts)} cached models; "
+            f"{len(todo)} not run yet: {missing}",
+            flush=True,
+        )
+        todo = []
     factor = machine_factor() if todo else 1.0
     status = (
         "everything is cached: printing the results."
