@@ -664,6 +664,24 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         r["layer"]: r for r in frontier["rows"] if r["method"] == "kmeans" and r["source"] == "real"
     }
     ours_km = {r["layer"]: r for r in rows if r["method"] == "kmeans" and r["d_sae"] == c["d_sae"]}
+    gauss = [r for r in result["rows"] if r["source"] == "gaussian"]
+    gauss_ran = (
+        "with the Gaussian control (same mean and covariance) for "
+        + ", ".join(sorted({f"{r['method']} at layer {r['layer']}" for r in gauss}))
+        if gauss
+        else "without the Gaussian control"
+    )
+    gauss_text = "; ".join(
+        f"{METHOD_WORDS.get(g['method'], g['method'])} at layer {g['layer']}: "
+        f"{f(g['ev_fvu_a'])} ± {f(half(g))} (`fvu_a`), {f(g['ev_fvu_b'])} (`fvu_b`) on the "
+        f"Gaussian against {f(r['ev_fvu_a'])} and {f(r['ev_fvu_b'])} on the real activations "
+        f"({'more' if r['ev_fvu_b'] > g['ev_fvu_b'] else 'less'} clusterable than the "
+        "Gaussian under `fvu_b`)"
+        for g in sorted(gauss, key=lambda g: (g["layer"], g["method"]))
+        for r in rows
+        if (r["layer"], r["method"], r["d_sae"]) == (g["layer"], g["method"], g["d_sae"])
+        and r["params"] == g["params"]
+    )
     changed = "; ".join(
         f"layer {layer}: {f(demo[layer]['ev_fvu_a'])} ± {f(half(demo[layer]))} with "
         f"{demo[layer]['d_sae']} clusters fitted on {count(demo[layer]['n_tokens'])} tokens "
@@ -696,7 +714,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "## At the original experiment's scale",
         "",
         f"What was run: `sae-fvu reproduce` — {ran}, layers "
-        f"{' and '.join(map(str, c['layers']))}, without the Gaussian control — on 2 CPU cores "
+        f"{' and '.join(map(str, c['layers']))}, {gauss_ran} — on 2 CPU cores "
         f"without bfloat16 units (the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
         "row; each part of the grid ran into the same `--out` and `--cached-only` gathered "
         "them). Every clustering model "
@@ -729,6 +747,15 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         f"* **What the scale changed** (k-means, `fvu_a`, against the demo's frontier): {changed}.",
         "* **Against k-means at equal latents** (`fvu_a`, paired 95 % interval on the same "
         "tokens): " + "; ".join(paired) + ".",
+        *(
+            [
+                "* **The Gaussian control** (held-out samples of the same Gaussian): "
+                + gauss_text
+                + ".",
+            ]
+            if gauss_text
+            else []
+        ),
         f"* **Not run yet:** {n_todo} of the grid's {n_all} models (the SAE families at "
         "d_sae 4,096, residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the n_pca grid, the "
         f"Gaussian control) — ≈ {hours:.0f} h on these 2 cores by the calibrated rates, so "

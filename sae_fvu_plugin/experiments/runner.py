@@ -139,7 +139,7 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         todo = []
     factor = machine_factor() if todo else 1.0
     status = (
-        "everything is cached: printing the results."
+        "everything is cached: printing the results"
         if not todo
         else f"estimated {spec.estimate_minutes(cfg, todo) * factor:.1f} min "
         f"({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC cores "
