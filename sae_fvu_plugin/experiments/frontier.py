@@ -33,10 +33,10 @@ from . import registry
 from .config import FrontierConfig
 from .frontier_plots import plots
 from .frontier_summary import CSV_COLUMNS, SAE_FAMILIES, format_summary, format_table, summarize
-from .points import Point
+from .points import Point, select_methods
 from .runner import ExperimentSpec
 
-__all__ = ["FRONTIER", "FrontierConfig", "estimate_minutes", "points", "select"]
+__all__ = ["FRONTIER", "FrontierConfig", "estimate_minutes", "points"]
 
 
 def points(cfg: FrontierConfig) -> list[Point]:
@@ -76,26 +76,7 @@ def points(cfg: FrontierConfig) -> list[Point]:
                     out.append(Point.of("matryoshka", layer, src, d_sae=d, k=k))
                 for k in cfg.kmeans_init_ks:
                     out.append(Point.of("topk_kmeans_init", layer, src, d_sae=d, k=k))
-    return select(cfg, out)
-
-
-def select(cfg: FrontierConfig, pts: list[Point]) -> list[Point]:
-    """The points of ``cfg.methods`` only (all of them when it is empty); an unknown name
-    is an error that lists the registered ones."""
-    if not cfg.methods:
-        return pts
-    from . import methods  # noqa: F401  (registers the built-in methods)
-
-    for name in cfg.methods:
-        registry.get(name)  # raises, naming every registered method
-    chosen = set(cfg.methods)
-    kept = [p for p in pts if p.method in chosen]
-    if not kept:
-        raise ValueError(
-            f"--methods {' '.join(cfg.methods)} selects none of this grid's points (their "
-            f"methods: {', '.join(sorted({p.method for p in pts}))})."
-        )
-    return kept
+    return select_methods(out, cfg.methods)
 
 
 # Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a

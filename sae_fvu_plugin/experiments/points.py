@@ -60,3 +60,20 @@ class FitInput:
     device: str
     fitted: Callable[[Point], Any]
     progress: bool
+
+
+def select_methods(pts: list[Point], methods: list[str]) -> list[Point]:
+    """The points of ``methods`` only (all of them when it is empty, as ``--methods``
+    says); an unknown name is an error that lists the registered methods."""
+    if not methods:
+        return pts
+
+    for name in methods:
+        registry.get(name)  # raises, naming every registered method
+    kept = [p for p in pts if p.method in set(methods)]
+    if not kept:
+        raise ValueError(
+            f"--methods {' '.join(methods)} selects none of this grid's points (their "
+            f"methods: {', '.join(sorted({p.method for p in pts}))})."
+        )
+    return kept

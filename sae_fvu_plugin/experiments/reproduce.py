@@ -34,11 +34,10 @@ from typing import Any
 from .config import ReproduceConfig
 from .frontier import describe as frontier_describe
 from .frontier import points as frontier_points
-from .frontier import select as frontier_select
 from .frontier import stage_minutes as frontier_stage_minutes
 from .frontier_plots import plots as frontier_plots
 from .frontier_summary import CSV_COLUMNS, format_summary, format_table, summarize
-from .points import Point
+from .points import Point, select_methods
 from .report import aligned, half_width
 from .runner import ExperimentSpec
 
@@ -71,7 +70,7 @@ def points(cfg: ReproduceConfig) -> list[Point]:
                 total = max(cfg.large_ks)
                 for p in cfg.large_pca_ns:
                     out.append(Point.of("pca_kmeans", layer, src, n_clusters=total - p, n_pca=p))
-    return frontier_select(cfg, out)
+    return select_methods(out, cfg.methods)
 
 
 def stage_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> dict[str, float]:
