@@ -170,6 +170,11 @@ def render(sweep: dict[str, Any], frontier: dict[str, Any]) -> str:
         *_frontier_summary(frontier),
         *_closing(sweep, frontier),
     ]
+    return _wrapped(lines)
+
+
+def _wrapped(lines: list[str]) -> str:
+    """Markdown lines joined, prose wrapped at WIDTH (code blocks, headings, images kept)."""
     out: list[str] = []
     code = False
     for line in lines:
@@ -764,17 +769,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "`make reproduce` continues from every cached stage.",
         "",
     ]
-    out: list[str] = []
-    code = False
-    for line in lines:
-        if line.startswith("```"):
-            code = not code
-        if code or line.startswith(("```", "#", "!")) or len(line) <= WIDTH:
-            out.append(line)
-        else:
-            indent = "  " if line.startswith("* ") else ""
-            out.extend(textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_on_hyphens=False))
-    return "\n".join(out)
+    return _wrapped(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
