@@ -225,6 +225,14 @@ def test_plateau_rule():
     assert plateaued(flat, 0.005)
     assert not plateaued(rising, 0.005)
     assert not plateaued(flat[:4], 0.005)  # too few points to tell
+    # a curve from t = 0 with 5 points: the last fifth is [3.2, 4] segments, so the window
+    # starts at the point at 3 (it once started at the last point itself: always "flat")
+    from_zero = [(i * 100, 0.3 + 0.1 * i) for i in range(5)]
+    assert not plateaued(from_zero, 0.005)
+    assert plateaued([*from_zero[:3], (300, 0.7), (400, 0.7005)], 0.005)
+    assert not plateaued(
+        [(0, 0.1), (100, 0.2), (200, 0.3), (300, 0.5), (330, 0.6), (400, 0.6)], 0.005
+    )
 
 
 def test_l0_to_match_interpolates_in_log_l0():

@@ -80,6 +80,21 @@ def test_the_default_is_the_original_grid():
     assert all(v > 0 for v in stages.values())
     # cached points cost nothing
     assert sum(stage_minutes(cfg, []).values()) == 0
+    # cached activations cost no model pass: a layer's pass stops at the deepest missing one
+    assert stage_minutes(cfg, None, cfg.layers)["activations"] == 0
+    only_first = stage_minutes(cfg, None, [max(cfg.layers)])["activations"]
+    assert 0 < only_first < stages["activations"] * (min(cfg.layers) + 2) / (max(cfg.layers) + 1)
+    assert stage_minutes(cfg, None, cfg.layers)["SAE training"] == stages["SAE training"]
+
+
+def test_the_pca_grid_is_not_drawn_without_clustering_rows(tmp_path):
+    """A run of SAEs only (--methods topk) has no k-means or PCA + k-means row: no
+    pca_grid.png, and the run's other plots and results stand (it used to raise at the end)."""
+    from sae_fvu_plugin.experiments.reproduce import pca_grid_plot
+
+    sae_row = {"source": "real", "method": "topk", "layer": 3, "d_sae": 64, "params": {}}
+    assert pca_grid_plot([sae_row], tmp_path) is None
+    assert not (tmp_path / "pca_grid.png").exists()
 
 
 def test_toy_reproduce_is_killed_and_continues(tmp_path, capsys):

@@ -26,6 +26,8 @@ class Fits:
     def key(self, point: Point) -> str:
         m = registry.get(point.method)
         relevant = {name: getattr(self.cfg, name, None) for name in m.config_fields}
+        # version 1 adds nothing, so the keys of fits that never changed stay as they were
+        later = [("version", m.version)] if m.version != 1 else []
         return key_of(
             self.inputs.data_key(point.layer),
             point.method,
@@ -33,6 +35,7 @@ class Fits:
             point.layer,
             point.source,
             relevant,
+            *later,
         )
 
     def fitted(self, point: Point) -> Any:

@@ -27,6 +27,7 @@ summary (also printed).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from . import registry
@@ -96,14 +97,17 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
 
 
-def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[str, float]:
+def stage_minutes(
+    cfg: FrontierConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+) -> dict[str, float]:
     """Wall minutes per stage on 2 CPU cores for the points in ``todo`` (default: all),
-    from rates measured in a run on SmolLM2-135M:
+    the activations of ``cached_layers`` already on disk, from rates measured in a run on
+    SmolLM2-135M:
 
     * start-up (imports, model load, summary and plots) ≈ 15 s;
     * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
       layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
-      validation rows;
+      validation rows, in one pass to the deepest layer not cached;
     * clustering fits: ``_FIT_SECONDS`` per method (2 s otherwise) at 16,384 fit tokens and
       512 latents, scaled by fit tokens · the model's own latents, plus ``_ROW_SECONDS``
       scaled by fit tokens;
@@ -123,9 +127,11 @@ def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[
     )
     recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
     seconds = {"start-up": 0.0, "activations": 0.0}
+    missing = [layer for layer in cfg.layers if layer not in cached_layers]
     if pts:
         seconds["start-up"] = 15.0
-        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(cfg.layers) + 1) / 8_500
+    if pts and missing:
+        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(missing) + 1) / 8_500
     clus = sae = ev = 0.0
     for p in pts:
         latents = registry.get(p.method).d_sae(p.param_dict)
@@ -148,9 +154,11 @@ def stage_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> dict[
     return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
 
 
-def estimate_minutes(cfg: FrontierConfig, todo: list[Point] | None = None) -> float:
+def estimate_minutes(
+    cfg: FrontierConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo).values())
+    return sum(stage_minutes(cfg, todo, cached_layers).values())
 
 
 # The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)

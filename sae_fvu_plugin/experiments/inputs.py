@@ -109,15 +109,19 @@ class ExperimentInputs:
         seed, layer): every fit and evaluation of that layer is keyed under it."""
         return self.data_keys[layer]
 
+    def _acts_path(self, layer: int) -> Path:
+        return self.out / "cache" / f"acts-{self.data_key(layer)}.pt"
+
+    def cached_layers(self) -> set[int]:
+        """The layers whose activation rows are already on disk (no model pass needed)."""
+        return {layer for layer in self.cfg.layers if self._acts_path(layer).is_file()}
+
     def _activations(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Every layer's rows and validation rows: read (memory-mapped) from each layer's
         cache file, the missing layers collected in one model pass and saved atomically."""
         fit: dict[str, torch.Tensor] = {}
         val: dict[str, torch.Tensor] = {}
-        paths = {
-            layer: self.out / "cache" / f"acts-{self.data_key(layer)}.pt"
-            for layer in self.cfg.layers
-        }
+        paths = {layer: self._acts_path(layer) for layer in self.cfg.layers}
         missing = [layer for layer, path in paths.items() if not path.is_file()]
         for layer, path in paths.items():
             if layer not in missing:  # memory-mapped: every method reads the same pages

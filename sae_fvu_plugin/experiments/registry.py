@@ -33,6 +33,7 @@ class Method:
     description: str = ""
     config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
     rows: str = "fit"  # "fit": the fit rows; "train": the (larger) SAE training rows
+    version: int = 1  # raised when a fix changes what the fit returns: cached fits are redone
 
 
 METHODS: dict[str, Method] = {}

@@ -28,6 +28,7 @@ summary's ``original`` table.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,19 @@ def points(cfg: ReproduceConfig) -> list[Point]:
     return select_methods(out, cfg.methods)
 
 
-def stage_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> dict[str, float]:
+def stage_minutes(
+    cfg: ReproduceConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
     by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
-    return frontier_stage_minutes(cfg, points(cfg) if todo is None else todo)
+    return frontier_stage_minutes(cfg, points(cfg) if todo is None else todo, cached_layers)
 
 
-def estimate_minutes(cfg: ReproduceConfig, todo: list[Point] | None = None) -> float:
+def estimate_minutes(
+    cfg: ReproduceConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo).values())
+    return sum(stage_minutes(cfg, todo, cached_layers).values())
 
 
 def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:
@@ -171,16 +176,19 @@ def format_original(table: list[dict[str, Any]]) -> str:
     )
 
 
-def pca_grid_plot(rows: list[dict[str, Any]], out: Path) -> str:
+def pca_grid_plot(rows: list[dict[str, Any]], out: Path) -> str | None:
     """pca_grid.png: PCA + k-means explained variance (fvu_a, fvu_b) against n_pca per
-    layer and total latents, with k-means (n_pca 0) and the original's numbers marked."""
+    layer and total latents, with k-means (n_pca 0) and the original's numbers marked;
+    None (no file) when the rows hold neither (a run of SAEs only)."""
+    real = [r for r in rows if r["source"] == "real" and r["method"] in ("pca_kmeans", "kmeans")]
+    layers = sorted({r["layer"] for r in real})
+    if not layers:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    real = [r for r in rows if r["source"] == "real" and r["method"] in ("pca_kmeans", "kmeans")]
-    layers = sorted({r["layer"] for r in real})
     fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4.2), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         for defn, ls in (("fvu_a", "-"), ("fvu_b", "--")):
@@ -224,7 +232,8 @@ def pca_grid_plot(rows: list[dict[str, Any]], out: Path) -> str:
 
 def _plots(rows: list[dict[str, Any]], s: dict[str, Any], out: Path, cfg: Any) -> list[str]:
     main = [r for r in rows if r["d_sae"] == cfg.d_sae]
-    return [*frontier_plots(main, out), pca_grid_plot(rows, out)]
+    grid = pca_grid_plot(rows, out)
+    return [*frontier_plots(main, out), *([grid] if grid else [])]
 
 
 REPRODUCE = ExperimentSpec(

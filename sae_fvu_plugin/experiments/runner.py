@@ -90,7 +90,8 @@ class ExperimentSpec:
     """What one experiment is; :func:`run_experiment` runs any of them.
 
     * ``points(cfg)``: its models; ``describe(cfg, points)``: one line saying what runs;
-      ``estimate_minutes(cfg, todo)``: the wall time of the points not yet cached;
+      ``estimate_minutes(cfg, todo, cached_layers)``: the wall minutes of the points not
+      yet cached, the activations of ``cached_layers`` already on disk;
     * ``prepare(exp)``: context computed once before the points (default: none);
       ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
       held-out tokens, the Gaussian control directly);
@@ -102,7 +103,7 @@ class ExperimentSpec:
     name: str
     points: Callable[[Any], list[Point]]
     describe: Callable[[Any, list[Point]], str]
-    estimate_minutes: Callable[[Any, list[Point]], float]
+    estimate_minutes: Callable[..., float]  # (cfg, todo, cached_layers) -> minutes
     summarize: Callable[[Rows, dict[str, Any]], dict[str, Any]]
     report: Callable[[Rows, dict[str, Any]], str]
     plots: Callable[[Rows, dict[str, Any], Path, Any], list[str]]
@@ -141,7 +142,8 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     status = (
         "everything is cached: printing the results"
         if not todo
-        else f"estimated {spec.estimate_minutes(cfg, todo) * factor:.1f} min "
+        else f"estimated "
+        f"{spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers()) * factor:.1f} min "
         f"({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC cores "
         f"scaled ×{factor:.2f} by a matmul timing of this machine)"
     )

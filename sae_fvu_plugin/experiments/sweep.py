@@ -18,6 +18,7 @@ explicit, recorded ``explained_variance_exclude_norm_above`` option).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from .config import SweepConfig
@@ -55,25 +56,30 @@ def describe(cfg: SweepConfig, pts: list[Point]) -> str:
     )
 
 
-def estimate_minutes(cfg: SweepConfig, todo: list[Point] | None = None) -> float:
-    """Wall time on 2 CPU cores, from rates measured in a fresh-clone run on SmolLM2-135M:
+def estimate_minutes(
+    cfg: SweepConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+) -> float:
+    """Wall minutes on 2 CPU cores, from rates measured in a fresh-clone run on SmolLM2-135M:
     the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L; each
     real-data model gets its KL / CE batches (3 full forward passes), two variance
     evaluations to the hooked layer (all tokens / massive excluded, ≈ 2 s of SAEBench
     overhead each) and a fit (≈ 4 s at 16k tokens and d_sae 512, more for large k · n); a
-    Gaussian-control model costs its fit only. ``todo``: the share of points left."""
+    Gaussian-control model costs its fit only. ``todo``: the share of points left;
+    ``cached_layers``: layers whose activations are on disk (no forward pass)."""
     fit_s = 0.0
     for k, p in cfg.fits():
         fit_s += 6 * cfg.fit_tokens * 576 * (k + p) * 2 / 45e9 + 3.5
     fit_s *= len(cfg.layers) * (2 if cfg.gaussian else 1)
-    act_s = cfg.fit_tokens * (max(cfg.layers) + 1) / 8_500
+    missing = [layer for layer in cfg.layers if layer not in cached_layers]
+    act_s = cfg.fit_tokens * (max(missing) + 1) / 8_500 if missing else 0.0
     kl_s = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
     eval_s = sum(
         len(cfg.fits()) * (kl_s + 2 * (cfg.eval_tokens * (layer + 1) / 8_500 + 2.0))
         for layer in cfg.layers
     )
     share = 1.0 if todo is None else len(todo) / max(len(points(cfg)), 1)
-    return (fit_s + act_s + eval_s + 15) / 60 * share * _MEASURED_OVER_FORMULA
+    seconds = (fit_s + eval_s + 15) * share + (act_s if share > 0 else 0.0)
+    return seconds / 60 * _MEASURED_OVER_FORMULA
 
 
 # The demo's sweep on 2026-12-02 (the committed run) took 7.7 min where the rates above gave

@@ -75,11 +75,16 @@ def _provider(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
 
 def plateaued(curve: list[tuple[int, float]], tol: float) -> bool:
     """Held-out explained variance changed by < ``tol`` (relative) over the last fifth of
-    training (needs ≥ 5 points)."""
+    training: |EV(t_end) − EV(t_a)| ≤ tol·|EV(t_end)| with t_a the last curve point at or
+    before 0.8·t_end, so the window always spans at least the last fifth (needs ≥ 5
+    points). (Before version 2 of the SAE methods t_a was the first point at or after
+    0.8·t_end, which at the fifth point of a curve starting at 0 is t_end itself: every
+    SAE "plateaued" there, and one whose 50 % continuation then dipped was stopped at
+    half a pass.)"""
     if len(curve) < 5:
         return False
     t_end, v_end = curve[-1]
-    start = next(v for t, v in curve if t >= 0.8 * t_end)
+    start = [v for t, v in curve if t <= 0.8 * t_end][-1]
     return abs(v_end - start) <= tol * max(abs(v_end), 1e-12)
 
 
@@ -374,6 +379,7 @@ def _sae(name: str, l0: Any, label: Any, description: str) -> None:
             description=description,
             config_fields=_TRAIN_FIELDS,
             rows="train",
+            version=2,  # the plateau window fixed: SAEs trained before it are retrained
         )
     )
 
