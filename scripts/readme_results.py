@@ -38,6 +38,7 @@ ORIGINAL_BEGIN = (
 ORIGINAL_END = "<!-- original-scale: end -->"
 ORIGINAL_DIR = DOCS / "original-scale"
 ORIGINAL_FILES = ["results.json", "results.csv", "pca_grid.png"]
+ORIGINAL_OPTIONAL = ["frontier.png", "learning_curves.png"]  # copied when the run drew them
 WIDTH = 90
 PLOTS = {
     "clustering_sweep": ["ev_vs_npca.png", "fvu_a_vs_fvu_b.png", "real_vs_gaussian.png"],
@@ -94,6 +95,11 @@ def collect_original(out: Path) -> None:
     ORIGINAL_DIR.mkdir(parents=True, exist_ok=True)
     for name in ORIGINAL_FILES:
         shutil.copyfile(out / name, ORIGINAL_DIR / name)
+    for name in ORIGINAL_OPTIONAL:
+        if (out / name).is_file():
+            shutil.copyfile(out / name, ORIGINAL_DIR / name)
+        else:
+            (ORIGINAL_DIR / name).unlink(missing_ok=True)  # never a stale figure
     write_readme()
 
 
@@ -620,6 +626,59 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
     return len(points(cfg)), len(todo), sum(stage_minutes(cfg, todo).values()) / 60
 
 
+SAE_WORDS = {"topk": "TopK", "topk_kmeans_init": "TopK started from the k-means codebook"}
+
+
+def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Per layer: each trained SAE (fvu_a ± / fvu_b, passes, dead latents, converged), the
+    L0 at which each family matches k-means under fvu_a and fvu_b, and the floor."""
+    out = []
+    summary = result["summary"]
+    for layer in _layers(summary):
+        saes = sorted(
+            (r for r in rows if str(r["layer"]) == layer and "lr_sweep" in r and r["lr_sweep"]),
+            key=lambda r: (r["method"], r["l0"]),
+        )
+        if not saes:
+            continue
+        km = next((r for r in rows if str(r["layer"]) == layer and r["method"] == "kmeans"), None)
+        each = "; ".join(
+            f"{SAE_WORDS.get(r['method'], r['method'])} k = {r['params'].get('k')}: "
+            f"{f(r['ev_fvu_a'])} ± {f(half(r))} / {f(r['ev_fvu_b'])} "
+            f"({r['passes']:.1f} passes, {100 * r['dead_fraction']:.0f} % dead, "
+            f"{'converged' if r['converged'] else 'not converged'})"
+            for r in saes
+        )
+        match = []
+        for defn in ("fvu_a", "fvu_b"):
+            m = summary[layer]["by_definition"][defn]["match"].get("topk")
+            if m is not None and km is not None:
+                match.append(
+                    f"{l0_said(m['l0_to_match_kmeans'], m['smallest_l0_tried'])} under "
+                    f"`{defn}` (k-means {f(km[f'ev_{defn}'])})"
+                )
+        floor = [
+            x
+            for x in summary.get("floor", [])
+            if str(x["layer"]) == layer and x["definition"] == "fvu_a"
+        ]
+        named = {r["name"]: r for r in saes}
+        floor_text = "; ".join(
+            f"{SAE_WORDS.get(named[x['sae']]['method'], x['sae'])} k = "
+            f"{named[x['sae']]['params'].get('k')} minus the top-1 SAE on the centroids "
+            f"{sig(x['difference'], 4)} {ci(x['ci_low'], x['ci_high'], 4)}"
+            for x in floor
+            if x["sae"] in named
+        )
+        out.append(
+            f"* **SAEs at d_sae {saes[0]['d_sae']:,}, layer {layer}** (SAELens's trainer, "
+            f"`fvu_a` ± / `fvu_b`): {each}."
+            + (f" TopK matches k-means at {' and at '.join(match)}." if match else "")
+            + (f" The floor (`fvu_a`, paired): {floor_text}." if floor_text else "")
+        )
+    return out
+
+
 def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dict[str, Any]) -> str:
     """The README's "At the original experiment's scale" section, from
     docs/original-scale/results.json (and the demo's frontier for the comparison)."""
@@ -627,6 +686,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     rows = [r for r in result["rows"] if r["source"] == "real"]
     methods = c.get("methods") or []
     n_all, n_todo, hours = _remaining_hours(result)
+    sae_run = any(r.get("lr_sweep") for r in rows)
     fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
     eval_rows = {r["n_eval_tokens"] for r in rows}
@@ -761,12 +821,19 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             if gauss_text
             else []
         ),
-        f"* **Not run yet:** {n_todo} of the grid's {n_all} models (the SAE families at "
-        "d_sae 4,096, residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the n_pca grid, the "
-        f"Gaussian control) — ≈ {hours:.0f} h on these 2 cores by the calibrated rates, so "
-        "the question at which L0 each SAE family matches k-means is answered at this scale "
-        "only once that run (or `--device cuda` on a GPU) has been made. Rerunning "
-        "`make reproduce` continues from every cached stage.",
+        *_sae_bullets(result, rows),
+        f"* **Not run yet:** {n_todo} of the grid's {n_all} models ("
+        + (
+            "the other SAE families, TopK at the other k"
+            if sae_run
+            else "the SAE families at d_sae 4,096"
+        )
+        + ", residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the "
+        f"n_pca grid, the Gaussian control) — ≈ {hours:.0f} h on these 2 cores by the "
+        "calibrated rates, so at which L0 each SAE family matches k-means is answered at this "
+        "scale only "
+        + ("for TopK" if sae_run else "once that run (or `--device cuda` on a GPU) is made")
+        + ". Rerunning `make reproduce` continues from every cached stage.",
         "",
     ]
     return _wrapped(lines)
