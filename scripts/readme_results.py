@@ -626,9 +626,6 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
     return len(points(cfg)), len(todo), sum(stage_minutes(cfg, todo).values()) / 60
 
 
-SAE_WORDS = {"topk": "TopK", "topk_kmeans_init": "TopK started from the k-means codebook"}
-
-
 def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """Per layer: each trained SAE (fvu_a ± / fvu_b, passes, dead latents, converged), the
     L0 at which each family matches k-means under fvu_a and fvu_b, and the floor."""
@@ -636,7 +633,7 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
     summary = result["summary"]
     for layer in _layers(summary):
         saes = sorted(
-            (r for r in rows if str(r["layer"]) == layer and "lr_sweep" in r and r["lr_sweep"]),
+            (r for r in rows if str(r["layer"]) == layer and r["family"] == "sae"),
             key=lambda r: (r["method"], r["l0"]),
         )
         if not saes:
@@ -686,7 +683,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     rows = [r for r in result["rows"] if r["source"] == "real"]
     methods = c.get("methods") or []
     n_all, n_todo, hours = _remaining_hours(result)
-    sae_run = any(r.get("lr_sweep") for r in rows)
+    sae_run = any(r["family"] == "sae" for r in rows)
     fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
     eval_rows = {r["n_eval_tokens"] for r in rows}
