@@ -676,6 +676,19 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
     return out
 
 
+def _imported(result: dict[str, Any]) -> str:
+    """What ``--import-rows`` took from an earlier session's results.json, if anything."""
+    names = sorted(r["name"] for r in result["rows"] if r.get("imported_from"))
+    if not names:
+        return ""
+    return (
+        f"; {len(names)} of the {len(result['rows'])} models were computed in an earlier "
+        "session whose cache did not survive and taken from its committed results.json by "
+        "`--import-rows`, which checks the same settings and the same held-out contexts: "
+        + ", ".join(f"`{n}`" for n in names)
+    )
+
+
 def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dict[str, Any]) -> str:
     """The README's "At the original experiment's scale" section, from
     docs/original-scale/results.json (and the demo's frontier for the comparison)."""
@@ -779,7 +792,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         f"{' and '.join(map(str, c['layers']))}, {gauss_ran} — on 2 CPU cores "
         f"without bfloat16 units (the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
         "row; each part of the grid ran into the same `--out` and `--cached-only` gathered "
-        "them). Every clustering model "
+        f"them{_imported(result)}). Every clustering model "
         f"is fitted on {' / '.join(count(n) for n in sorted(fit_rows))} tokens (Austen's 0.93 M "
         "tokens hold 786,432 fit rows beside the held-out ones; the original fitted "
         "1,000,000) and scored by SAEBench's own `run_evals` on "

@@ -215,3 +215,61 @@ def test_subset_runs_then_a_layer_is_added(tmp_path, capsys):
     assert len(split.eval) == n_eval
     with pytest.raises(UsageError, match="--fit-tokens"):
         split_contexts(AUSTEN, tok, context_size=128, n_fit=2 * n_fit, n_eval=n_eval)
+
+
+def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
+    """``--import-rows``: an earlier run's results.json fills another output folder's row
+    cache with the rows this grid would compute under the same settings (nothing is fitted
+    or evaluated again); rows under other eval settings, of an older method version, or
+    scored on other held-out contexts are named and not imported."""
+    import json
+
+    import pytest
+
+    base = [
+        "reproduce", *TOY, "--methods", "kmeans", "kmeans_top1", "topk", "--sae-ks", "1",
+        "--large-ks", "--large-pca-ns", "--no-gaussian",
+    ]  # fmt: skip
+    run([*base, "--out", str(tmp_path / "a")])
+    earlier = tmp_path / "a" / "results.json"
+    written = json.loads(earlier.read_text())["rows"]
+    assert [r["method_version"] for r in written] == [1, 1, 2]  # topk is at version 2
+    capsys.readouterr()
+
+    got = run([*base, "--out", str(tmp_path / "b"), "--import-rows", str(earlier), "--cached-only"])
+    printed = capsys.readouterr().out
+    assert (
+        "3 models imported (L1-real-kmeans-k16, L1-real-kmeans_top1-k16, L1-real-topk-d16-k1)"
+        in (printed)
+    )
+    assert not (tmp_path / "b" / "saes").exists()  # nothing was fitted
+    assert all(r["imported_from"] == str(earlier) for r in got["rows"])
+    assert [{k: v for k, v in r.items() if k != "imported_from"} for r in got["rows"]] == written
+    run([*base, "--out", str(tmp_path / "b"), "--import-rows", str(earlier), "--cached-only"])
+    assert "3 already cached here (kept)" in capsys.readouterr().out
+
+    def refused(extra: list[str], out: str) -> str:
+        with pytest.raises(SystemExit) as exit_:  # nothing imported: nothing cached
+            run([*base, *extra, "--out", str(tmp_path / out), "--cached-only"])
+        assert exit_.value.code == 2
+        captured = capsys.readouterr()
+        return captured.out + captured.err
+
+    printed = refused(["--bootstrap", "10", "--import-rows", str(earlier)], "c")
+    assert "0 models imported" in printed and "3 not imported" in printed
+    assert "bootstrap 20 (here 10)" in printed
+
+    edited = json.loads(earlier.read_text())
+    edited["rows"][0]["held_out"]["eval_contexts"][0][0] += 1
+    edited["rows"][2]["method_version"] = 1  # a row of the fit before the fix
+    changed = tmp_path / "edited.json"
+    changed.write_text(json.dumps(edited))
+    got = run([*base, "--out", str(tmp_path / "d"), "--import-rows", str(changed), "--cached-only"])
+    printed = capsys.readouterr().out
+    assert "1 models imported (L1-real-kmeans_top1-k16)" in printed
+    assert "L1-real-kmeans-k16: scored on other held-out contexts" in printed
+    assert "L1-real-topk-d16-k1: computed under the method's version" in printed
+    assert [r["method"] for r in got["rows"]] == ["kmeans_top1"]
+
+    changed.write_text("{")
+    assert "not a readable results.json" in refused(["--import-rows", str(changed)], "e")

@@ -35,7 +35,8 @@ def resolve_score_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return _NAMED[calibration(device)["choice"]]
 
 
-def _device_key(device: torch.device) -> str:
+def device_key(device: torch.device) -> str:
+    """``"cpu|<CPU model> ×<threads> threads|torch <version>"`` or ``"cuda|<GPU>|torch …"``."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -101,7 +102,7 @@ def cached_calibration(
     once per ``kind``, device, CPU or GPU model and torch version, kept per process and in
     ``calibration.json`` in the package cache."""
     device = torch.device(device)
-    key = (f"{kind}|" if kind else "") + _device_key(device)
+    key = (f"{kind}|" if kind else "") + device_key(device)
     if key in _SEEN:
         return _SEEN[key]
     from ..data import cache_dir

@@ -55,6 +55,12 @@ class ExperimentConfig:
         "of parts of the grid, e.g. one layer or --methods each, gathered into one "
         "results.json) and name the ones missing",
     )
+    import_rows: str | None = _opt(
+        None,
+        "an earlier run's results.json: its rows that this grid would compute under the "
+        "same settings (data, fit, eval keys; the same held-out contexts) are taken into "
+        "--out's row cache instead of being recomputed; the others are named",
+    )
 
     def __post_init__(self) -> None:
         for name in ("context_size", "fit_tokens", "eval_batches", "batch_prompts", "n_iter"):

@@ -13,10 +13,9 @@ import torch
 
 from . import registry
 from .inputs import ExperimentInputs
-from .points import Point, key_of
+from .keys import eval_key
+from .points import Point
 from .report import DEFS, plain
-
-ROWS_FORMAT = 2  # bump when a result row gains fields, so cached rows are recomputed
 
 
 class Evaluator:
@@ -25,18 +24,10 @@ class Evaluator:
     def __init__(self, inputs: ExperimentInputs) -> None:
         self.inputs = inputs
         self.cfg, self.out = inputs.cfg, inputs.out
-        cfg = self.cfg
-        self._settings: list[Any] = [
-            cfg.eval_batches,
-            cfg.batch_prompts,
-            cfg.recon_batches,
-            cfg.bootstrap,
-            *([] if cfg.model_metrics else ["no-kl-ce"]),
-        ]
 
     def key(self, layer: int) -> str:
         """The cache key of ``layer``'s evaluations: its rows' key and the eval settings."""
-        return key_of(ROWS_FORMAT, self.inputs.data_key(layer), *self._settings)
+        return eval_key(self.cfg, layer)
 
     def result_json(self, point: Point, tag: str = "") -> Path:
         return self.out / "results" / f"{point.name}{tag}_eval_results.json"

@@ -12,7 +12,8 @@ from ..kmeans_options import KMeansOptions
 from ..sae_io import load_saved_sae, save_sae
 from . import registry
 from .inputs import ExperimentInputs
-from .points import FitInput, Point, key_of
+from .keys import fit_key
+from .points import FitInput, Point
 
 
 class Fits:
@@ -24,19 +25,8 @@ class Fits:
         self._fitted: dict[Point, Any] = {}
 
     def key(self, point: Point) -> str:
-        m = registry.get(point.method)
-        relevant = {name: getattr(self.cfg, name, None) for name in m.config_fields}
-        # version 1 adds nothing, so the keys of fits that never changed stay as they were
-        later = [("version", m.version)] if m.version != 1 else []
-        return key_of(
-            self.inputs.data_key(point.layer),
-            point.method,
-            point.params,
-            point.layer,
-            point.source,
-            relevant,
-            *later,
-        )
+        """The cache key of ``point``'s fit (:func:`.keys.fit_key`)."""
+        return fit_key(self.cfg, point)
 
     def fitted(self, point: Point) -> Any:
         """The SAE of ``point`` (fitted at most once per output folder)."""

@@ -11,7 +11,8 @@ import torch
 
 from ..provenance import Provenance
 from .config import ExperimentConfig
-from .points import Point, key_of
+from .keys import data_key
+from .points import Point
 
 
 def massive_stats(x: torch.Tensor, fraction: float) -> dict[str, float]:
@@ -71,12 +72,9 @@ class ExperimentInputs:
             seed=cfg.seed,
         )
         assert not set(self.split.fit_index.tolist()) & set(self.split.eval_index.tolist())
-        parts: list[Any] = [cfg.model, cfg.dataset, ctx, cfg.fit_tokens, cfg.val_tokens]
-        if cfg.train_tokens:  # (keys of runs without training rows stay as they were)
-            parts.append(["train", cfg.train_tokens])
         # One key per layer (each layer's rows, fits and evaluations are cached under its
         # own), so a run that adds a layer reuses every stage of the layers already done.
-        self.data_keys = {layer: key_of(*parts, cfg.seed, [layer]) for layer in cfg.layers}
+        self.data_keys = {layer: data_key(cfg, layer) for layer in cfg.layers}
         self._acts: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._gauss: dict[int, dict[str, torch.Tensor]] = {}
 

@@ -24,13 +24,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..validate import UsageError
-from . import methods  # noqa: F401  (registers the built-in methods)
+from . import (
+    methods,  # noqa: F401  (registers the built-in methods)
+    registry,
+)
 from .config import ExperimentConfig
 from .evaluation import Evaluator
 from .fitting import Fits
 from .inputs import ExperimentInputs
+from .keys import row_file
 from .points import Point
 from .report import plain, write_csv
+from .row_import import import_rows
 
 Rows = list[dict[str, Any]]
 
@@ -54,8 +59,7 @@ class Experiment:
         return self.fits.fitted(point)
 
     def _rows_path(self, point: Point) -> Path:
-        name = f"{point.name}-{self.fits.key(point)}-{self.evaluator.key(point.layer)}.json"
-        return self.out / "rows" / name
+        return self.out / "rows" / row_file(self.cfg, point)
 
     def is_cached(self, point: Point) -> bool:
         return self._rows_path(point).is_file()
@@ -63,9 +67,11 @@ class Experiment:
     def rows_for(self, point: Point, evaluate: Callable[[Any, Point], Rows]) -> Rows:
         """The rows of a point: cached, or fitted and evaluated now (written atomically)."""
         path = self._rows_path(point)
+        # the key encodes the method's version (when ≠ 1), so a cached row is of this one
+        version = registry.get(point.method).version
         if path.is_file():
-            return list(json.loads(path.read_text()))
-        rows = evaluate(self.fitted(point), point)
+            return [{**r, "method_version": version} for r in json.loads(path.read_text())]
+        rows = [{**r, "method_version": version} for r in evaluate(self.fitted(point), point)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, default=float))
@@ -123,6 +129,9 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     tag = f"[{spec.name}]"
     print(f"{tag} {spec.describe(cfg, pts)}", flush=True)
     exp = Experiment(cfg, progress=progress)
+    if getattr(cfg, "import_rows", None):
+        eval_ids = exp.inputs.split.eval_index.tolist()
+        print(f"{tag} " + import_rows(cfg.import_rows, cfg, pts, out / "rows", eval_ids))
     todo = [p for p in pts if not exp.is_cached(p)]
     if getattr(cfg, "cached_only", False) and todo:
         missing = ", ".join(p.name for p in todo[:8]) + (" …" if len(todo) > 8 else "")
@@ -138,7 +147,12 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
             flush=True,
         )
         todo = []
-    factor = machine_factor() if todo else 1.0
+    machine = (
+        this_machine(exp.inputs.device)
+        if todo
+        else _recorded_machine(out / "results.json", exp.inputs.device)
+    )
+    factor = machine["factor"]
     status = (
         "everything is cached: printing the results"
         if not todo
@@ -158,6 +172,8 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     result = {"config": dataclasses.asdict(cfg), **summary, "rows": rows}
     result["minutes"] = (time.time() - t0) / 60
     result["minutes_computed"] = _minutes_computed(out / "results.json", result["minutes"], todo)
+    result["machine_factor"] = factor
+    result["machine"] = machine
     (out / "results.json").write_text(json.dumps(plain(result), indent=1))
     write_csv(rows, out / "results.csv", spec.csv_columns, intervals=spec.csv_intervals)
     print(spec.report(rows, summary))
@@ -187,6 +203,34 @@ def machine_factor() -> float:
 
     seconds = float(calibration("cpu")["float32"])
     return min(max(seconds / _REFERENCE_FP32_SECONDS, 0.1), 10.0)
+
+
+def this_machine(device: str) -> dict[str, Any]:
+    """What computed a run's rows: the device (CPU model and threads, or GPU; torch), its
+    :func:`machine_factor`, and the k-means score calibration's bfloat16 / float32 speed
+    ratio and choice."""
+    import torch
+
+    from ..clustering.precision import calibration, device_key
+
+    cal = calibration(device)
+    return {
+        "name": device_key(torch.device(device)),
+        "factor": machine_factor(),
+        "bfloat16_gain": round(float(cal["gain"]), 3),
+        "score_dtype": cal["choice"],
+    }
+
+
+def _recorded_machine(previous: Path, device: str) -> dict[str, Any]:
+    """When every point is cached: the machine the earlier ``results.json`` recorded as
+    having computed the rows (a reprint does not relabel them), else this one."""
+    try:
+        recorded = json.loads(previous.read_text())["machine"]
+        float(recorded["factor"])
+        return dict(recorded)
+    except (OSError, ValueError, KeyError, TypeError):
+        return this_machine(device)
 
 
 def _minutes_computed(previous: Path, minutes: float, todo: list[Point]) -> float:

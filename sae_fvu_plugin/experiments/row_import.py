@@ -1,0 +1,119 @@
+"""Rows of an earlier run's ``results.json`` taken into this run's row cache (``--import-rows``).
+
+A long experiment's parts can run on different machines or sessions (the original-scale
+grid takes hours); its cache may not travel, but its ``results.json`` does (it is
+committed). A row is imported for a point of this grid only when it is the row this run
+would compute:
+
+* its file under the earlier run's settings (:func:`.keys.row_file`: data, fit and eval
+  keys, so model, text, split seed, token counts, the method's config fields and eval
+  settings) is the file under this run's settings;
+* its method's version (``method_version``, 1 when the row predates it) is the registered
+  one (a fit whose fix raised the version is recomputed, not imported);
+* a real-data row's held-out eval contexts are this run's, context id by context id (and
+  with them the bootstrap's per-context weights, keyed by the seed and each context's
+  position in eval order: paired intervals against freshly computed rows stay valid).
+
+Nothing already cached is overwritten; each imported row records ``imported_from``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..provenance import to_ranges
+from ..validate import UsageError
+from . import registry
+from .keys import row_file
+from .points import Point
+
+
+def _earlier_config(cfg: Any, raw: Any, path: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise UsageError(f"--import-rows {path}: its 'config' is not an object.")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    try:
+        return dataclasses.replace(cfg, **{k: v for k, v in raw.items() if k in names})
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--import-rows {path}: its config is not valid here ({err}).") from None
+
+
+def _differences(cfg: Any, earlier: Any) -> str:
+    skip = {"out", "methods", "cached_only", "import_rows", "device"}
+    diffs = [
+        f"{f.name} {getattr(earlier, f.name)!r} (here {getattr(cfg, f.name)!r})"
+        for f in dataclasses.fields(cfg)
+        if f.name not in skip and getattr(earlier, f.name) != getattr(cfg, f.name)
+    ]
+    return ", ".join(diffs) or "the method's version"
+
+
+def import_rows(
+    path: str | Path,
+    cfg: Any,
+    points: Sequence[Point],
+    rows_dir: Path,
+    eval_ids: Sequence[int],
+) -> str:
+    """Write the rows of ``path`` (a ``results.json``) that ``points`` would compute under
+    ``cfg`` into ``rows_dir``; returns the line that says what was imported and what not.
+    ``eval_ids``: this run's held-out eval context ids. A file that is not a results JSON
+    is a :class:`UsageError`; rows under other settings are listed, not imported."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        raw_rows, raw_cfg = data["rows"], data["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"--import-rows {path}: not a readable results.json with 'config' and 'rows' "
+            f"({type(err).__name__}: {err}). Pass the results.json an experiment wrote."
+        ) from None
+    if not isinstance(raw_rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) for r in raw_rows
+    ):
+        raise UsageError(f"--import-rows {path}: 'rows' must be a list of named rows.")
+    earlier = _earlier_config(cfg, raw_cfg, path)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in raw_rows:
+        by_name.setdefault(r["name"], []).append(r)
+    eval_contexts = to_ranges(sorted(int(i) for i in eval_ids))
+    imported, cached, refused = [], [], []
+    for point in points:
+        rows = by_name.pop(point.name, None)
+        if rows is None:
+            continue
+        target = rows_dir / row_file(cfg, point)
+        version = registry.get(point.method).version
+        if target.is_file():
+            cached.append(point.name)
+        elif row_file(earlier, point) != target.name or any(
+            r.get("method_version", 1) != version for r in rows
+        ):
+            refused.append(f"{point.name}: computed under {_differences(cfg, earlier)}")
+        elif any(
+            r.get("source") == "real"
+            and (r.get("held_out") or {}).get("eval_contexts") != eval_contexts
+            for r in rows
+        ):
+            refused.append(f"{point.name}: scored on other held-out contexts")
+        else:
+            rows = [{**r, "imported_from": str(path)} for r in rows]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows))
+            os.replace(tmp, target)
+            imported.append(point.name)
+    line = (
+        f"--import-rows {path}: {len(imported)} models imported"
+        + (f" ({', '.join(imported)})" if imported else "")
+        + (f"; {len(cached)} already cached here (kept)" if cached else "")
+        + (f"; {len(by_name)} not in this grid" if by_name else "")
+    )
+    if refused:
+        line += f"; {len(refused)} not imported: " + "; ".join(refused)
+    return line
