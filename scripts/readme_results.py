@@ -683,9 +683,23 @@ def _imported(result: dict[str, Any]) -> str:
         return ""
     return (
         f"; {len(names)} of the {len(result['rows'])} models were computed in an earlier "
-        "session whose cache did not survive and taken from its committed results.json by "
-        "`--import-rows`, which checks the same settings and the same held-out contexts: "
-        + ", ".join(f"`{n}`" for n in names)
+        "session whose cache did not survive (on a machine its results.json does not record) "
+        "and taken from that committed file by `--import-rows`, which checks the same "
+        "settings and the same held-out contexts: " + ", ".join(f"`{n}`" for n in names)
+    )
+
+
+def _machine_words(result: dict[str, Any]) -> str:
+    """The machine that computed this run's rows, as results.json records it."""
+    m = result.get("machine")
+    if not m:
+        return "2 CPU cores without bfloat16 units"
+    name = m["name"].split("|")[1] if "|" in m["name"] else m["name"]
+    cpu, _, threads = name.partition(" ×")
+    return (
+        f"{cpu}{f' ({threads})' if threads else ''}, whose calibration measured bfloat16 "
+        f"k-means scores {m['bfloat16_gain']:.1f}× as fast as float32 and chose "
+        f"{m['score_dtype']}"
     )
 
 
@@ -789,8 +803,8 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "## At the original experiment's scale",
         "",
         f"What was run: `sae-fvu reproduce` — {ran}, layers "
-        f"{' and '.join(map(str, c['layers']))}, {gauss_ran} — on 2 CPU cores "
-        f"without bfloat16 units (the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
+        f"{' and '.join(map(str, c['layers']))}, {gauss_ran} — on {_machine_words(result)} "
+        f"(the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
         "row; each part of the grid ran into the same `--out` and `--cached-only` gathered "
         f"them{_imported(result)}). Every clustering model "
         f"is fitted on {' / '.join(count(n) for n in sorted(fit_rows))} tokens (Austen's 0.93 M "
@@ -839,8 +853,8 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             else "the SAE families at d_sae 4,096"
         )
         + ", residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the "
-        f"n_pca grid, the Gaussian control) — ≈ {hours:.0f} h on these 2 cores by the "
-        "calibrated rates, so at which L0 each SAE family matches k-means is answered at this "
+        f"n_pca grid, the Gaussian control) — ≈ {hours * result.get('machine_factor', 1.0):.0f}"
+        " h on the same machine by the calibrated rates, so at which L0 each SAE family matches k-means is answered at this "
         "scale only "
         + ("for TopK" if sae_run else "once that run (or `--device cuda` on a GPU) is made")
         + ". Rerunning `make reproduce` continues from every cached stage.",

@@ -110,3 +110,24 @@ def test_the_original_scale_section_is_rendered_from_its_committed_results():
     changed = copy.deepcopy(result)
     changed["rows"][0]["ev_fvu_a"] += 0.01
     assert rr.render_original(changed, sweep, frontier) != text
+
+
+def test_the_original_scale_saes_and_their_floor_are_in_its_section():
+    """Each SAE of docs/original-scale/ appears with its `fvu_a` ± and `fvu_b`, and each
+    floor comparison (SAE minus the top-1 SAE on the centroids, paired) with its difference,
+    recomputed from the rows' bootstrap replicates."""
+    from sae_fvu_plugin.experiments.frontier_summary import rows_paired_interval
+
+    result = rr.load_original()
+    text = " ".join(rr.render_original(result, *rr.load()).split())
+    saes = [r for r in result["rows"] if r["family"] == "sae" and r["source"] == "real"]
+    assert saes, "docs/original-scale/ holds no SAE"
+    for r in saes:
+        assert f"{rr.f(r['ev_fvu_a'])} ± {rr.f(rr.half(r))} / {rr.f(r['ev_fvu_b'])}" in text
+    rows = {r["name"]: r for r in result["rows"]}
+    floor = [x for x in result["summary"]["floor"] if x["definition"] == "fvu_a"]
+    assert floor
+    for x in floor:
+        assert rr.sig(x["difference"], 4) in text
+        sae, rep = rows[x["sae"]], rows[x["representable"]]
+        assert (x["ci_low"], x["ci_high"]) == rows_paired_interval(sae, rep, "fvu_a")
