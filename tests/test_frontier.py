@@ -217,6 +217,9 @@ def test_kmeans_initialised_topk_starts_at_its_floor_and_keeps_it(lm):
     with torch.no_grad():
         kept = explained_variance(val, sae.decode(sae.encode(val)))
     assert kept >= floor - 1e-5 and kept == pytest.approx(max(v for _, v in curve), abs=1e-4)
+    meta = sae.cfg.metadata  # the chosen rate, and where it was halved (at most 4 times)
+    assert meta.lr == 1e-2 and len(meta.lr_halvings) <= 4
+    assert meta.lr_final == pytest.approx(1e-2 / 2 ** len(meta.lr_halvings))
 
 
 def test_plateau_rule():
@@ -289,3 +292,28 @@ def test_summary_on_hand_built_rows():
     assert vs[("pca_kmeans", 3.0)]["beats_kmeans"] is True  # no replicates here: by the estimate
     assert vs[("topk", 1.0)]["ev_fvu_a_minus_kmeans"] == pytest.approx(-0.10)
     assert vs[("topk", 4.0)]["beats_kmeans"] is True
+
+
+def test_the_learning_rate_is_halved_on_a_regression_and_saelens_trains_at_it(lm):
+    """``regressed``: the last validation EV more than tol (relative) below the best; and
+    ``set_lr`` changes the rate SAELens's trainer uses at its next steps (its constant
+    schedule resets the rate to its base rate at every step, so only the base counts)."""
+    from types import SimpleNamespace
+
+    from sae_fvu_plugin.experiments.methods.saes import _Run, _training_sae, regressed
+
+    _, _, acts = lm
+    run = SimpleNamespace(best=(0.80, 0, None), curve=[(0, 0.5), (100, 0.80), (200, 0.797)])
+    assert not regressed(run, 0.005)  # 0.4 % below the best
+    run.curve.append((300, 0.79))
+    assert regressed(run, 0.005)  # 1.25 % below
+    cfg = FrontierConfig(sae_batch_tokens=128, out="unused")
+    torch.manual_seed(0)
+    sae = _training_sae("topk", {"d_sae": 32, "k": 2}, acts.shape[1], "cpu")
+    r = _Run(sae, acts[:1200].float(), acts[1200:].float(), 4e-3, cfg, "cpu", False)
+    r.advance(256)
+    assert r.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4e-3)
+    r.set_lr(1e-3)
+    r.advance(512)  # two more SAELens steps, each stepping its schedule
+    assert r.lr == 1e-3
+    assert r.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)

@@ -186,6 +186,8 @@ class Evaluator:
             "kept_checkpoint_tokens",
             "lr",
             "lr_sweep",
+            "lr_halvings",
+            "lr_final",
             "precision",
             "dead_latents",
             "dead_fraction",
