@@ -742,14 +742,14 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             )
         table.append(f"{left} | {right}")
     detail = [
-        "layer  method         n_clusters n_pca  L0  fit tokens  passes  fit min  fvu_a      ±"
+        "layer  method           n_clusters n_pca  L0  fit tokens  passes  fit min  fvu_a      ±"
         "  fvu_per_dim"
     ]
     for r in sorted(rows, key=lambda r: (r["layer"], r["method"], r["d_sae"])):
         detail.append(
-            f"{r['layer']:>5}  {r['method']:<14} {r['params'].get('n_clusters', r['d_sae']):>10} "
+            f"{r['layer']:>5}  {r['method']:<16} {r['params'].get('n_clusters', r['d_sae']):>10} "
             f"{r['params'].get('n_pca', 0):>5} {r['l0']:>3.0f}  {count(r['n_tokens']):>10}  "
-            f"{(r.get('passes') or 0):>6.0f}  {_fit_minutes(r):>7}  {r['ev_fvu_a']:.4f}  "
+            f"{(r.get('passes') or 0):>6.1f}  {_fit_minutes(r):>7}  {r['ev_fvu_a']:.4f}  "
             f"{half(r):.4f}  {r['ev_fvu_per_dim']:.4f}"
         )
     demo = {
@@ -791,6 +791,8 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             name = METHOD_WORDS.get(b["method"], b["method"])
             if b["params"].get("n_pca"):
                 name += f" (n_pca {b['params']['n_pca']}, L0 {b['l0']:.0f})"
+            elif b["params"].get("k"):
+                name += f" k = {b['params']['k']}"
             paired.append(
                 f"layer {layer}, {name}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} {ci(lo, hi, 4)}"
             )
@@ -810,7 +812,13 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         f"(the fits took {fit_total:.0f} min in all, `fit_seconds` of each "
         "row; each part of the grid ran into the same `--out` and `--cached-only` gathered "
         f"them{_imported(result)}). Every clustering model "
-        f"is fitted on {' / '.join(count(n) for n in sorted(fit_rows))} tokens (Austen's 0.93 M "
+        f"is fitted on {' / '.join(count(n) for n in sorted(fit_rows))} tokens"
+        + (
+            f" and every SAE trained on them, at most {c['sae_max_passes']:g} passes"
+            if sae_run
+            else ""
+        )
+        + " (Austen's 0.93 M "
         "tokens hold 786,432 fit rows beside the held-out ones; the original fitted "
         "1,000,000) and scored by SAEBench's own `run_evals` on "
         f"{' / '.join(count(n) for n in sorted(eval_rows))} held-out tokens (overlap "
