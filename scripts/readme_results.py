@@ -629,6 +629,21 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
     return len(points(cfg)), len(todo), sum(stage_minutes(cfg, todo).values()) / 60
 
 
+def _sae_name(r: dict[str, Any]) -> str:
+    """An SAE row's family and its parameter: "TopK k = 4", "ReLU + L1 (coefficient 3,
+    L0 12)", "JumpReLU (target L0 8, L0 179)"."""
+    p, word = r["params"], SAE_WORDS.get(r["method"], r["method"])
+    if "k" in p:
+        return f"{word} k = {p['k']}" + (
+            f" (L0 {r['l0']:.1f})" if abs(r["l0"] - p["k"]) > 0.05 else ""
+        )
+    if "l1" in p:
+        return f"{word} (coefficient {p['l1']:g}, L0 {r['l0']:.1f})"
+    if "l0" in p:
+        return f"{word} (target L0 {p['l0']:g}, L0 {r['l0']:.1f})"
+    return word
+
+
 def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """Per layer: each trained SAE (fvu_a ± / fvu_b, passes, dead latents, converged), the
     L0 at which each family matches k-means under fvu_a and fvu_b, and the floor."""
@@ -643,8 +658,7 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
             continue
         km = next((r for r in rows if str(r["layer"]) == layer and r["method"] == "kmeans"), None)
         each = "; ".join(
-            f"{SAE_WORDS.get(r['method'], r['method'])} k = {r['params'].get('k')}: "
-            f"{f(r['ev_fvu_a'])} ± {f(half(r))} / {f(r['ev_fvu_b'])} "
+            f"{_sae_name(r)}: {f(r['ev_fvu_a'])} ± {f(half(r))} / {f(r['ev_fvu_b'])} "
             f"({r['passes']:.1f} passes, {100 * r['dead_fraction']:.0f} % dead, "
             f"{'converged' if r['converged'] else 'not converged'})"
             for r in saes
@@ -664,8 +678,7 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
         ]
         named = {r["name"]: r for r in saes}
         floor_text = "; ".join(
-            f"{SAE_WORDS.get(named[x['sae']]['method'], x['sae'])} k = "
-            f"{named[x['sae']]['params'].get('k')} minus the top-1 SAE on the centroids "
+            f"{_sae_name(named[x['sae']])} minus the top-1 SAE on the centroids "
             f"{sig(x['difference'], 4)} {ci(x['ci_low'], x['ci_high'], 4)}"
             for x in floor
             if x["sae"] in named
