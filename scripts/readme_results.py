@@ -671,6 +671,19 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
                     f"{l0_said(m['l0_to_match_kmeans'], m['smallest_l0_tried'])} under "
                     f"`{defn}` (k-means {f(km[f'ev_{defn}'])})"
                 )
+        by_def = summary[layer]["by_definition"]
+        others = "; ".join(
+            f"{SAE_WORDS.get(fam, fam)} at "
+            + " / ".join(
+                l0_said(
+                    by_def[d]["match"][fam]["l0_to_match_kmeans"],
+                    by_def[d]["match"][fam]["smallest_l0_tried"],
+                )
+                for d in ("fvu_a", "fvu_b")
+            )
+            for fam in sorted({r["method"] for r in saes} - {"topk", "topk_kmeans_init"})
+            if all(fam in by_def[d]["match"] for d in ("fvu_a", "fvu_b"))
+        )
         floor = [
             x
             for x in summary.get("floor", [])
@@ -687,6 +700,7 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
             f"* **SAEs at d_sae {saes[0]['d_sae']:,}, layer {layer}** (SAELens's trainer, "
             f"`fvu_a` ± / `fvu_b`): {each}."
             + (f" TopK matches k-means at {' and at '.join(match)}." if match else "")
+            + (f" The other families (`fvu_a` / `fvu_b`): {others}." if others else "")
             + (f" The floor (`fvu_a`, paired): {floor_text}." if floor_text else "")
         )
     return out
