@@ -673,7 +673,7 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
                 )
         by_def = summary[layer]["by_definition"]
         others = "; ".join(
-            f"{SAE_WORDS.get(fam, fam)} at "
+            f"{SAE_WORDS.get(fam, fam)}: "
             + " / ".join(
                 l0_said(
                     by_def[d]["match"][fam]["l0_to_match_kmeans"],
@@ -700,7 +700,11 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
             f"* **SAEs at d_sae {saes[0]['d_sae']:,}, layer {layer}** (SAELens's trainer, "
             f"`fvu_a` ± / `fvu_b`): {each}."
             + (f" TopK matches k-means at {' and at '.join(match)}." if match else "")
-            + (f" The other families (`fvu_a` / `fvu_b`): {others}." if others else "")
+            + (
+                f" Where the other families match it (`fvu_a` / `fvu_b`): {others}."
+                if others
+                else ""
+            )
             + (f" The floor (`fvu_a`, paired): {floor_text}." if floor_text else "")
         )
     return out
