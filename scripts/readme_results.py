@@ -612,7 +612,8 @@ def _fit_minutes(row: dict[str, Any]) -> str:
 
 def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
     """(points of the whole default grid, of them still to run, their estimated hours on
-    2 cores of this kind of CPU) by the frontier's calibrated per-stage rates."""
+    the machine that computed ``result``) by the frontier's calibrated per-stage rates, scaled
+    by that machine's recorded factor and SAE-training speedup."""
     from sae_fvu_plugin.experiments.reproduce import ReproduceConfig, points, stage_minutes
 
     c = result["config"]
@@ -626,7 +627,9 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
         for p in points(cfg)
         if (p.method, p.layer, p.source, json.dumps(p.param_dict, sort_keys=True)) not in done
     ]
-    return len(points(cfg)), len(todo), sum(stage_minutes(cfg, todo).values()) / 60
+    machine = result.get("machine", {})
+    minutes = stage_minutes(cfg, todo, (), machine.get("sae_speedup", 1.0))
+    return len(points(cfg)), len(todo), sum(minutes.values()) * machine.get("factor", 1.0) / 60
 
 
 def _sae_name(r: dict[str, Any]) -> str:
@@ -895,7 +898,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             else "the SAE families at d_sae 4,096"
         )
         + ", residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the "
-        f"n_pca grid, the Gaussian control) — ≈ {hours * result.get('machine_factor', 1.0):.0f}"
+        f"n_pca grid, the Gaussian control) — ≈ {hours:.0f}"
         " h on the same machine by the calibrated rates, so at which L0 each SAE family matches k-means is answered at this "
         "scale only "
         + ("for TopK" if sae_run else "once that run (or `--device cuda` on a GPU) is made")

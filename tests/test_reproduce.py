@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sae_fvu_plugin.cli import run
 from sae_fvu_plugin.experiments.config import ReproduceConfig
 from sae_fvu_plugin.experiments.reproduce import ORIGINAL, points, stage_minutes
@@ -85,6 +87,35 @@ def test_the_default_is_the_original_grid():
     only_first = stage_minutes(cfg, None, [max(cfg.layers)])["activations"]
     assert 0 < only_first < stages["activations"] * (min(cfg.layers) + 2) / (max(cfg.layers) + 1)
     assert stage_minutes(cfg, None, cfg.layers)["SAE training"] == stages["SAE training"]
+    # SAE training under bfloat16 autocast: that stage alone scales by the measured speedup
+    faster = stage_minutes(cfg, None, (), 2.0)
+    assert faster["SAE training"] == pytest.approx(stages["SAE training"] / 2)
+    assert {k: v for k, v in faster.items() if k != "SAE training"} == {
+        k: v for k, v in stages.items() if k != "SAE training"
+    }
+    # each family at its measured cost against TopK's (BatchTopK's batch-wide top-k: 1.9×)
+    one = {
+        m: stage_minutes(cfg, [p for p in pts if p.method == m][:1])["SAE training"]
+        for m in ("topk", "batchtopk", "matryoshka", "standard", "jumprelu")
+    }
+    assert one["batchtopk"] == pytest.approx(1.9 * one["topk"])
+    assert one["matryoshka"] == pytest.approx(2.0 * one["topk"])
+    assert one["standard"] == pytest.approx(0.8 * one["topk"])
+    assert one["jumprelu"] == pytest.approx(one["topk"])
+
+
+def test_the_machine_record_carries_the_sae_training_speedup():
+    """A run that trains SAEs records how much faster than float32 they train (the
+    estimate's SAE stage is divided by it); float32 training is 1, an experiment without
+    SAEs records none."""
+    from sae_fvu_plugin.experiments.methods.saes import training_speedup
+    from sae_fvu_plugin.experiments.runner import this_machine
+
+    assert training_speedup("float32", "cpu") == 1.0
+    assert this_machine("cpu", "float32")["sae_speedup"] == 1.0
+    assert "sae_speedup" not in this_machine("cpu")
+    with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
+        training_speedup("fp16", "cpu")
 
 
 def test_the_pca_grid_is_not_drawn_without_clustering_rows(tmp_path):

@@ -95,10 +95,18 @@ _FIT_SECONDS = {
 }
 _ROW_SECONDS = {"pca_kmeans": 3.0}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
+# Training time per token of each SAE family against TopK's, measured at the original scale
+# (d_sae 4,096, 2 passes, bfloat16 autocast on 2 Xeon cores; at d_sae 512 in the demo:
+# BatchTopK 1.45, Matryoshka 1.9, ReLU + L1 0.77, JumpReLU 0.96): BatchTopK's top-k over
+# the whole batch and Matryoshka's nested losses cost more than their matmuls.
+_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
 
 
 def stage_minutes(
-    cfg: FrontierConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+    cfg: FrontierConfig,
+    todo: list[Point] | None = None,
+    cached_layers: Collection[int] = (),
+    sae_speedup: float = 1.0,
 ) -> dict[str, float]:
     """Wall minutes per stage on 2 CPU cores for the points in ``todo`` (default: all),
     the activations of ``cached_layers`` already on disk, from rates measured in a run on
@@ -113,7 +121,10 @@ def stage_minutes(
       scaled by fit tokens;
     * SAE training ≈ 60 s per million training tokens at d_sae 512 (float32 on 2 cores): its
       learning-rate sweep plus its whole budget (min(sae_max_tokens, sae_max_passes ·
-      train_tokens)), scaled by d_sae;
+      train_tokens)), scaled by d_sae and by the family's cost against TopK
+      (``_SAE_FAMILY_COST``: BatchTopK 1.9×, Matryoshka 2×, ReLU + L1 0.8×), divided by
+      ``sae_speedup`` (the machine's bfloat16-autocast gain when training runs under it:
+      :func:`.methods.saes.training_speedup`);
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
       variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
@@ -136,7 +147,8 @@ def stage_minutes(
     for p in pts:
         latents = registry.get(p.method).d_sae(p.param_dict)
         if p.method in SAE_FAMILIES:
-            sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512
+            cost = _SAE_FAMILY_COST.get(p.method, 1.0) / sae_speedup
+            sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
             clus += (
                 _FIT_SECONDS.get(p.method, 2.0) * latents / 512 + _ROW_SECONDS.get(p.method, 0.0)
@@ -155,10 +167,13 @@ def stage_minutes(
 
 
 def estimate_minutes(
-    cfg: FrontierConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+    cfg: FrontierConfig,
+    todo: list[Point] | None = None,
+    cached_layers: Collection[int] = (),
+    sae_speedup: float = 1.0,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers).values())
+    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup).values())
 
 
 # The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)

@@ -75,18 +75,25 @@ def points(cfg: ReproduceConfig) -> list[Point]:
 
 
 def stage_minutes(
-    cfg: ReproduceConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+    cfg: ReproduceConfig,
+    todo: list[Point] | None = None,
+    cached_layers: Collection[int] = (),
+    sae_speedup: float = 1.0,
 ) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
     by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
-    return frontier_stage_minutes(cfg, points(cfg) if todo is None else todo, cached_layers)
+    pts = points(cfg) if todo is None else todo
+    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup)
 
 
 def estimate_minutes(
-    cfg: ReproduceConfig, todo: list[Point] | None = None, cached_layers: Collection[int] = ()
+    cfg: ReproduceConfig,
+    todo: list[Point] | None = None,
+    cached_layers: Collection[int] = (),
+    sae_speedup: float = 1.0,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers).values())
+    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup).values())
 
 
 def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:

@@ -96,8 +96,9 @@ class ExperimentSpec:
     """What one experiment is; :func:`run_experiment` runs any of them.
 
     * ``points(cfg)``: its models; ``describe(cfg, points)``: one line saying what runs;
-      ``estimate_minutes(cfg, todo, cached_layers)``: the wall minutes of the points not
-      yet cached, the activations of ``cached_layers`` already on disk;
+      ``estimate_minutes(cfg, todo, cached_layers, sae_speedup)``: the wall minutes of the
+      points not yet cached, the activations of ``cached_layers`` already on disk, SAE
+      training ``sae_speedup`` times faster than float32;
     * ``prepare(exp)``: context computed once before the points (default: none);
       ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
       held-out tokens, the Gaussian control directly);
@@ -109,7 +110,7 @@ class ExperimentSpec:
     name: str
     points: Callable[[Any], list[Point]]
     describe: Callable[[Any, list[Point]], str]
-    estimate_minutes: Callable[..., float]  # (cfg, todo, cached_layers) -> minutes
+    estimate_minutes: Callable[..., float]  # (cfg, todo, cached_layers, sae_speedup) -> min
     summarize: Callable[[Rows, dict[str, Any]], dict[str, Any]]
     report: Callable[[Rows, dict[str, Any]], str]
     plots: Callable[[Rows, dict[str, Any], Path, Any], list[str]]
@@ -148,18 +149,24 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         )
         todo = []
     machine = (
-        this_machine(exp.inputs.device)
+        this_machine(exp.inputs.device, getattr(cfg, "sae_precision", None))
         if todo
         else _recorded_machine(out / "results.json", exp.inputs.device)
     )
-    factor = machine["factor"]
+    factor, speedup = machine["factor"], machine.get("sae_speedup", 1.0)
     status = (
         "everything is cached: printing the results"
         if not todo
-        else f"estimated "
-        f"{spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers()) * factor:.1f} min "
-        f"({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC cores "
-        f"scaled ×{factor:.2f} by a matmul timing of this machine)"
+        else "estimated "
+        f"{spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers(), speedup) * factor:.1f}"
+        f" min ({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC "
+        f"cores scaled ×{factor:.2f} by a matmul timing of this machine"
+        + (
+            f", SAE training ÷{speedup:.2f} by its bfloat16-autocast timing"
+            if speedup != 1.0
+            else ""
+        )
+        + ")"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)
     context = spec.prepare(exp) if spec.prepare is not None else {}
@@ -172,7 +179,6 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     result = {"config": dataclasses.asdict(cfg), **summary, "rows": rows}
     result["minutes"] = (time.time() - t0) / 60
     result["minutes_computed"] = _minutes_computed(out / "results.json", result["minutes"], todo)
-    result["machine_factor"] = factor
     result["machine"] = machine
     (out / "results.json").write_text(json.dumps(plain(result), indent=1))
     write_csv(rows, out / "results.csv", spec.csv_columns, intervals=spec.csv_intervals)
@@ -205,21 +211,27 @@ def machine_factor() -> float:
     return min(max(seconds / _REFERENCE_FP32_SECONDS, 0.1), 10.0)
 
 
-def this_machine(device: str) -> dict[str, Any]:
+def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any]:
     """What computed a run's rows: the device (CPU model and threads, or GPU; torch), its
-    :func:`machine_factor`, and the k-means score calibration's bfloat16 / float32 speed
-    ratio and choice."""
+    :func:`machine_factor`, the k-means score calibration's bfloat16 / float32 speed ratio
+    and choice, and (an experiment that trains SAEs under ``sae_precision``) how many times
+    faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
     import torch
 
     from ..clustering.precision import calibration, device_key
 
     cal = calibration(device)
-    return {
+    out = {
         "name": device_key(torch.device(device)),
         "factor": machine_factor(),
         "bfloat16_gain": round(float(cal["gain"]), 3),
         "score_dtype": cal["choice"],
     }
+    if sae_precision is not None:
+        from .methods.saes import training_speedup
+
+        out["sae_speedup"] = round(training_speedup(sae_precision, device), 3)
+    return out
 
 
 def _recorded_machine(previous: Path, device: str) -> dict[str, Any]:

@@ -200,6 +200,17 @@ def use_autocast(precision: str, device: torch.device | str) -> bool:
     return bool(cached_calibration("sae-train", device, measure_autocast)["choice"] == "bfloat16")
 
 
+def training_speedup(precision: str, device: torch.device | str) -> float:
+    """How many times faster than float32 SAE training runs under ``precision`` on
+    ``device``: the cached calibration's float32 / bfloat16 step-time ratio when training
+    runs under bfloat16 autocast, else 1."""
+    if not use_autocast(precision, device):
+        return 1.0
+    from ...clustering.precision import cached_calibration
+
+    return float(cached_calibration("sae-train", device, measure_autocast)["gain"])
+
+
 class _Run:
     """One SAE under SAELens's trainer, advanced in segments, with its learning curve and
     the state of its best validation point."""
