@@ -610,7 +610,7 @@ def _fit_minutes(row: dict[str, Any]) -> str:
     return "-" if not sec else f"{sec / 60:.1f}"
 
 
-def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
+def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
     """(points of the whole default grid, of them still to run, their estimated hours on
     the machine that computed ``result``) by the frontier's calibrated per-stage rates, scaled
     by that machine's recorded factor and SAE-training speedup."""
@@ -629,7 +629,7 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, int, float]:
     ]
     machine = result.get("machine", {})
     minutes = stage_minutes(cfg, todo, (), machine.get("sae_speedup", 1.0))
-    return len(points(cfg)), len(todo), sum(minutes.values()) * machine.get("factor", 1.0) / 60
+    return len(points(cfg)), todo, sum(minutes.values()) * machine.get("factor", 1.0) / 60
 
 
 def _sae_name(r: dict[str, Any]) -> str:
@@ -645,6 +645,39 @@ def _sae_name(r: dict[str, Any]) -> str:
     if "l0" in p:
         return f"{word} (target L0 {p['l0']:g}, L0 {r['l0']:.1f})"
     return word
+
+
+def _model_name(r: dict[str, Any]) -> str:
+    """A row's (or a paired comparison's) model in words: SAEs by :func:`_sae_name`,
+    clustering by method and its parameter ("PCA + k-means (n_pca 50, L0 51)")."""
+    p = r["params"]
+    if r["method"] in SAE_WORDS:
+        return _sae_name(r)
+    name = METHOD_WORDS.get(r["method"], r["method"])
+    if p.get("n_pca"):
+        return f"{name} (n_pca {p['n_pca']}, L0 {r['l0']:.0f})"
+    if p.get("steps"):
+        return f"{name} ({p['steps']} steps, L0 {r['l0']:.1f})"
+    if p.get("n_stages"):
+        return f"{name} ({p['n_stages']} stages of {p['n_clusters']:,}, L0 {r['l0']:.0f})"
+    return name
+
+
+_WORDS = METHOD_WORDS | {"kmeans": "k-means", "kmeans_top1": "top-1 on the centroids"}
+
+
+def _not_run(todo: list[Any]) -> str:
+    """The models of the default grid still to run, by data and method in words."""
+    real: dict[str, int] = {}
+    for p in todo:
+        if p.source == "real":
+            word = SAE_WORDS.get(p.method) or _WORDS.get(p.method, p.method)
+            if p.method in ("kmeans", "kmeans_top1") and p.param_dict["n_clusters"] != 4096:
+                word = f"{word} at {p.param_dict['n_clusters']:,}"
+            real[word] = real.get(word, 0) + 1
+    parts = [f"{w} ×{n}" for w, n in sorted(real.items())]
+    gauss = sum(p.source == "gaussian" for p in todo)
+    return ", ".join(parts + ([f"the Gaussian control ×{gauss}"] if gauss else []))
 
 
 def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
@@ -713,6 +746,44 @@ def _sae_bullets(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
     return out
 
 
+def _pca_bullets(rows: list[dict[str, Any]]) -> list[str]:
+    """Per layer and total latents with PCA + k-means at two n_pca or more: EV against
+    n_pca (k-means as n_pca 0), under fvu_a and fvu_b, and where fvu_b peaks."""
+    out = []
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["method"] in ("kmeans", "pca_kmeans"):
+            groups.setdefault((r["layer"], r["d_sae"]), []).append(r)
+    for (layer, total), grp in sorted(groups.items()):
+        if sum(r["method"] == "pca_kmeans" for r in grp) < 2:
+            continue
+        grp = sorted(grp, key=lambda r: r["params"].get("n_pca", 0))
+        each = "; ".join(
+            f"{r['params'].get('n_pca', 0)}: {f(r['ev_fvu_a'])} / {f(r['ev_fvu_b'])}" for r in grp
+        )
+        top = max(grp, key=lambda r: r["ev_fvu_b"])
+        out.append(
+            f"* **PCA + k-means over n_pca, layer {layer}, {total:,} latents** (n_pca: "
+            f"`fvu_a` / `fvu_b`; n_pca 0 is k-means): {each}. `fvu_b` peaks at n_pca "
+            f"{top['params'].get('n_pca', 0)} ({f(top['ev_fvu_b'])}); the L0 is n_pca + 1."
+        )
+    return out
+
+
+def _answered(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Which SAE families have a match-k-means answer at which layers."""
+    out = []
+    for layer in _layers(result["summary"]):
+        fams = sorted(
+            {r["method"] for r in rows if str(r["layer"]) == layer and r["family"] == "sae"}
+            - {"topk_kmeans_init"}
+        )
+        if fams:
+            words = ", ".join(SAE_WORDS.get(m, m) for m in fams)
+            out.append(f"{words} at layer {layer}")
+    return "; ".join(out) if out else "no family yet"
+
+
 def _imported(result: dict[str, Any]) -> str:
     """What ``--import-rows`` took from an earlier session's results.json, if anything."""
     names = sorted(r["name"] for r in result["rows"] if r.get("imported_from"))
@@ -746,7 +817,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     c = result["config"]
     rows = [r for r in result["rows"] if r["source"] == "real"]
     methods = c.get("methods") or []
-    n_all, n_todo, hours = _remaining_hours(result)
+    n_all, todo, hours = _remaining_hours(result)
     sae_run = any(r["family"] == "sae" for r in rows)
     fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
@@ -798,7 +869,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         else "without the Gaussian control"
     )
     gauss_text = "; ".join(
-        f"{METHOD_WORDS.get(g['method'], g['method'])} at layer {g['layer']}: "
+        f"{_WORDS.get(g['method'], g['method'])} at layer {g['layer']}: "
         f"{f(g['ev_fvu_a'])} ± {f(half(g))} (`fvu_a`), {f(g['ev_fvu_b'])} (`fvu_b`) on the "
         f"Gaussian against {f(r['ev_fvu_a'])} and {f(r['ev_fvu_b'])} on the real activations "
         f"({'more' if r['ev_fvu_b'] > g['ev_fvu_b'] else 'less'} clusterable than the "
@@ -822,13 +893,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     for layer in _layers(summary):
         for b in summary[layer]["vs_kmeans_at_equal_d_sae"]:
             lo, hi = b["paired_ci"]
-            name = METHOD_WORDS.get(b["method"], b["method"])
-            if b["params"].get("n_pca"):
-                name += f" (n_pca {b['params']['n_pca']}, L0 {b['l0']:.0f})"
-            elif b["params"].get("k"):
-                name += f" k = {b['params']['k']}"
             paired.append(
-                f"layer {layer}, {name}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} {ci(lo, hi, 4)}"
+                f"layer {layer}, {_model_name(b)}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} "
+                f"{ci(lo, hi, 4)}"
             )
     ran = (
         "the part of its grid named by `--methods "
@@ -890,18 +957,17 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
             if gauss_text
             else []
         ),
+        *_pca_bullets(rows),
         *_sae_bullets(result, rows),
-        f"* **Not run yet:** {n_todo} of the grid's {n_all} models ("
+        f"* **Not run yet:** {len(todo)} of the grid's {n_all} models ({_not_run(todo)}) — "
+        f"≈ {hours:.0f} h on the same machine by the calibrated rates"
         + (
-            "the other SAE families, TopK at the other k"
+            ", so at which L0 each SAE family matches k-means is answered at this scale for "
+            + _answered(result, rows)
             if sae_run
-            else "the SAE families at d_sae 4,096"
+            else ", so no SAE family is answered at this scale yet (that run, or "
+            "`--device cuda` on a GPU)"
         )
-        + ", residual k-means, matching pursuit, k-lines, k-means at 16,384, the rest of the "
-        f"n_pca grid, the Gaussian control) — ≈ {hours:.0f}"
-        " h on the same machine by the calibrated rates, so at which L0 each SAE family matches k-means is answered at this "
-        "scale only "
-        + ("for TopK" if sae_run else "once that run (or `--device cuda` on a GPU) is made")
         + ". Rerunning `make reproduce` continues from every cached stage.",
         "",
     ]

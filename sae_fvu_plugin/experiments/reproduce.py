@@ -102,8 +102,9 @@ def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:
     return (
         frontier_describe(cfg, pts)
         + (f" Plus k-means at {cfg.large_ks} clusters." if cfg.large_ks else "")
-        + " Stages on 2 CPU cores, before any cache (the frontier's rates; at this scale "
-        "activations and k-means measured within 15 %, the SAEs not yet): " + per_stage + "."
+        + " Stages on 2 AMD EPYC cores in float32, before any cache (the frontier's rates; "
+        "at this scale activations, k-means and SAE training measured within 15 %, SAE "
+        "training once divided by the machine's bfloat16-autocast speedup): " + per_stage + "."
     )
 
 
