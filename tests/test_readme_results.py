@@ -136,3 +136,32 @@ def test_the_original_scale_saes_and_their_floor_are_in_its_section():
         assert rr.sig(x["difference"], 4) in text
         sae, rep = rows[x["sae"]], rows[x["representable"]]
         assert (x["ci_low"], x["ci_high"]) == rows_paired_interval(sae, rep, "fvu_a")
+
+
+def test_the_pca_grid_bullet_lists_every_n_pca_and_where_fvu_b_peaks():
+    def row(method, n_pca, a, b):
+        params = {"n_clusters": 4096 - n_pca} | ({"n_pca": n_pca} if n_pca else {})
+        return {
+            "method": method, "layer": 3, "d_sae": 4096, "params": params,
+            "ev_fvu_a": a, "ev_fvu_b": b,
+        }  # fmt: skip
+
+    rows = [row("kmeans", 0, 0.94, 0.86), row("pca_kmeans", 10, 0.95, 0.90)]
+    assert rr._pca_bullets(rows) == []  # one PCA + k-means model is no grid
+    rows.append(row("pca_kmeans", 100, 0.96, 0.88))
+    (text,) = rr._pca_bullets(rows)
+    assert "layer 3, 4,096 latents" in text
+    assert "0: 0.940 / 0.860; 10: 0.950 / 0.900; 100: 0.960 / 0.880" in text
+    assert "peaks at n_pca 10 (0.900)" in text
+
+
+def test_the_not_run_list_names_each_method_and_the_gaussian_control():
+    from sae_fvu_plugin.experiments.points import Point
+
+    todo = [
+        Point.of("kmeans", 3, "real", n_clusters=16_384),
+        Point.of("topk", 3, "real", d_sae=4096, k=2),
+        Point.of("topk", 15, "real", d_sae=4096, k=2),
+        Point.of("kmeans", 3, "gaussian", n_clusters=4096),
+    ]
+    assert rr._not_run(todo) == "TopK ×2, k-means at 16,384 ×1, the Gaussian control ×1"
