@@ -162,7 +162,12 @@ def test_saelens_trained_saes_through_saebench(lm, kind, params):
     assert kept == max(v for _, v in curve)
     metrics = saebench(sae, model, ds)
     ev = metrics["reconstruction_quality"]["explained_variance"]
-    assert 0.2 < ev < 1
+    if kind == "jumprelu":
+        # it holds its target L0 (SAELens's defaults ended far above it: module docstring),
+        # and learns more slowly there than TopK at the same L0 (0.10 against 0.64 here)
+        assert 0.5 * params["l0"] <= metrics["sparsity"]["l0"] <= 2 * params["l0"]
+        assert meta.initial_threshold > 0
+    assert (0.05 if kind == "jumprelu" else 0.2) < ev < 1
     if kind == "topk":
         assert metrics["sparsity"]["l0"] == pytest.approx(k)  # exactly k per token
     # the saved inference SAE takes raw activations (the training scale is folded in)
@@ -317,3 +322,30 @@ def test_the_learning_rate_is_halved_on_a_regression_and_saelens_trains_at_it(lm
     r.advance(512)  # two more SAELens steps, each stepping its schedule
     assert r.lr == 1e-3
     assert r.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_jumprelu_threshold_starts_at_the_target_l0():
+    """SAELens's default threshold (0.01) starts a JumpReLU SAE near L0 = d_sae / 2; ours
+    starts it at the target: exactly ⌈n·L0⌉ of the first n rows' pre-activations pass."""
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sae_fvu_plugin.experiments.methods.saes import _threshold_at_target
+
+    torch.manual_seed(0)
+    sae = sae_lens.JumpReLUTrainingSAE(
+        sae_lens.JumpReLUTrainingSAEConfig(
+            d_in=32, d_sae=256, jumprelu_sparsity_loss_mode="quadratic", target_l0=6.0,
+            metadata=SAEMetadata(),
+        )
+    )  # fmt: skip
+    xs = torch.randn(500, 32) * 3 + 1
+    with torch.no_grad():
+        before = float((sae.encode_with_hidden_pre(xs)[0] != 0).sum(1).float().mean())
+    assert before > 60  # SAELens's default threshold: about half the latents fire
+    t = _threshold_at_target(sae, xs, 6.0)
+    th = sae.threshold.detach()
+    assert t > 0.01 and float(th.min()) == float(th.max()) == pytest.approx(t)
+    with torch.no_grad():
+        acts = sae.encode_with_hidden_pre(xs)[0]
+    assert int((acts != 0).sum()) == 3000  # ⌈500 · 6⌉ pre-activations above t

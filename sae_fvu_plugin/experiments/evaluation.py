@@ -188,6 +188,7 @@ class Evaluator:
             "lr_sweep",
             "lr_halvings",
             "lr_final",
+            "initial_threshold",
             "precision",
             "dead_latents",
             "dead_fraction",

@@ -24,6 +24,17 @@ Training at its best within a budget:
   peaked at 0.919 after 393k tokens and then swung between 0.865 and 0.90.
 * **Early stopping.** The checkpoint with the best validation EV is kept (for the
   k-means-initialised TopK that includes its start: the top-1 SAE on the centroids).
+* **JumpReLU** (quadratic L0 loss towards a target L0) runs with SAELens's
+  ``jumprelu_ste_to_input=True`` (Anthropic's setup: the straight-through gradient of the
+  gate reaches the pre-activations, so the L0 loss moves the encoder too) and its
+  threshold started where the initial L0 is the target (one value for every latent, from
+  the first 4,096 rows' pre-activations; recorded as ``initial_threshold``). Measured in
+  the demo (d_sae 512, target 8, 2 passes of 65,536 tokens, layer 3 / 15): SAELens's
+  defaults (DeepMind's gradient to the threshold only, threshold 0.01) end at L0 179 / 181
+  — Adam moves a threshold by at most ~lr per step, and the encoder outruns it — and at
+  the original scale at L0 323; the started threshold alone: L0 111 / 147; the
+  straight-through gradient alone: L0 14 / 16 with `fvu_a` 0.781 / 0.045 (layer 15
+  collapsed); both: L0 10.5 / 10.7 with 0.868 / 0.570.
 * **Dead latents.** TopK, BatchTopK and Matryoshka use SAELens's auxiliary-k loss on the
   latents that did not fire for one pass (``dead_feature_window``).
 * **Precision.** ``sae_precision="auto"`` trains under bfloat16 autocast where a short
@@ -136,7 +147,10 @@ def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
     if kind == "jumprelu":
         return sae_lens.JumpReLUTrainingSAE(
             sae_lens.JumpReLUTrainingSAEConfig(
-                jumprelu_sparsity_loss_mode="quadratic", target_l0=float(p["l0"]), **common
+                jumprelu_sparsity_loss_mode="quadratic",
+                target_l0=float(p["l0"]),
+                jumprelu_ste_to_input=True,  # (module docstring: JumpReLU)
+                **common,
             )
         )
     if kind == "standard":
@@ -295,6 +309,27 @@ class _Run:
         return self.best[1]
 
 
+_THRESHOLD_ROWS = 4096
+
+
+def _threshold_at_target(sae: Any, xs: torch.Tensor, target_l0: float) -> float:
+    """Set every JumpReLU threshold (SAELens's ``jumprelu_init_threshold``, one value) to
+    the pre-activation value t that makes the SAE's initial L0 the target on the first
+    rows: t lies between the m-th and (m + 1)-th largest of the n × d_sae pre-activations
+    of n = min(4,096, rows) rows, m = ⌈n·L0⌉, so exactly m of them pass the gate pre > t. SAELens's default (0.01) starts at L0 ≈ d_sae / 2, and Adam moves a
+    threshold by at most ~lr per step: at the original scale (384 steps of 4,096 tokens,
+    lr 0.004) the quadratic loss could not bring L0 below ~320 against a target of 8.
+    Returns t."""
+    rows = xs[:_THRESHOLD_ROWS]
+    with torch.no_grad():
+        _, pre = sae.encode_with_hidden_pre(rows)
+        n_top = max(1, min(pre.numel() - 1, math.ceil(len(rows) * target_l0)))
+        v = pre.flatten().float().topk(n_top + 1).values  # descending
+        t = max(0.0, float(v[n_top - 1] + v[n_top]) / 2)  # the gate is pre > t
+        sae.threshold.fill_(t)
+    return t
+
+
 def _kmeans_init(sae: Any, inp: FitInput, scale: float) -> None:
     """Encoder and decoder rows on the unit k-means centroid directions, b_dec on the data
     mean, b_enc 0: the top-1 SAE on the centroids (``kmeans_top1``), exactly."""
@@ -329,6 +364,7 @@ def train(kind: str, inp: FitInput) -> Any:
     sweep_tokens = max(batch, min(cfg.sae_sweep_tokens, budget) // batch * batch)
     segment = max(batch, (cfg.sae_eval_every // batch) * batch)
     autocast = use_autocast(cfg.sae_precision, inp.device)
+    thresholds: list[float] = []
 
     def start(lr: float) -> _Run:
         torch.manual_seed(cfg.seed)
@@ -337,6 +373,8 @@ def train(kind: str, inp: FitInput) -> Any:
             sae.b_dec.copy_(xs.mean(0))
         if kind == "topk_kmeans_init":
             _kmeans_init(sae, inp, scale)
+        if kind == "jumprelu":
+            thresholds.append(_threshold_at_target(sae, xs, float(p["l0"])))
         return _Run(sae, xs, val, lr, cfg, inp.device, autocast)
 
     runs = []
@@ -402,6 +440,8 @@ def train(kind: str, inp: FitInput) -> Any:
     meta["lr_final"] = run.lr
     meta["lr_sweep"] = sweep
     meta["precision"] = "bfloat16 autocast" if autocast else "float32"
+    if thresholds:
+        meta["initial_threshold"] = thresholds[0]
     meta["dead_latents"] = int((freq == 0).sum())
     meta["dead_fraction"] = float((freq == 0).float().mean())
     meta["dense_latents"] = int((freq > 0.1).sum())
@@ -416,7 +456,7 @@ def _kind(kind: str) -> Any:
     return fit
 
 
-def _sae(name: str, l0: Any, label: Any, description: str) -> None:
+def _sae(name: str, l0: Any, label: Any, description: str, version: int = 3) -> None:
     register(
         Method(
             name,
@@ -428,8 +468,10 @@ def _sae(name: str, l0: Any, label: Any, description: str) -> None:
             description=description,
             config_fields=_TRAIN_FIELDS,
             rows="train",
-            # 2: the plateau window fixed; 3: the rate halved when validation regresses
-            version=3,
+            # 2: the plateau window fixed; 3: the rate halved when validation regresses;
+            # 4 (JumpReLU): the threshold starts where the initial L0 is the target, and the
+            # straight-through gradient reaches the encoder
+            version=version,
         )
     )
 
@@ -450,7 +492,9 @@ _sae(
     "jumprelu",
     lambda p: None,
     lambda p: f"d{p['d_sae']}-l0_{p['l0']:g}",
-    "SAELens JumpReLU SAE (quadratic L0 loss towards a target L0; L0 measured)",
+    "SAELens JumpReLU SAE (quadratic L0 loss towards a target L0, threshold started at "
+    "it, straight-through gradient to the encoder; L0 measured)",
+    version=4,
 )
 _sae(
     "matryoshka",
