@@ -370,10 +370,10 @@ def _frontier_intro(frontier: dict[str, Any]) -> list[str]:
     ]
     jr = [r["l0"] for r in saes if r["method"] == "jumprelu" and r.get("l0")]
     jr_text = (
-        f" JumpReLU's quadratic L0 loss left its L0 at {min(jr):.0f}–{max(jr):.0f} (target "
-        f"{', '.join(f'{v:g}' for v in c['jumprelu_l0s'])}) within this budget: L0 is "
-        "measured, not assumed."
-        if jr and c.get("jumprelu_l0s") and min(jr) > 2 * max(c["jumprelu_l0s"])
+        f" JumpReLU (quadratic L0 loss, SAELens's straight-through gradient to the encoder, "
+        f"threshold started at the target) ended at L0 {min(jr):.1f}–{max(jr):.1f} (target "
+        f"{', '.join(f'{v:g}' for v in c['jumprelu_l0s'])}): L0 is measured, not assumed."
+        if jr and c.get("jumprelu_l0s")
         else ""
     )
     return [
