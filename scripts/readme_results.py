@@ -770,6 +770,45 @@ def _pca_bullets(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _clustering_vs_topk(rows: list[dict[str, Any]]) -> list[str]:
+    """Per layer: each L0 > 1 codebook model (matching pursuit over the k-means codebook)
+    minus the TopK SAE with k = its L0 at the same d_sae, `fvu_a`, paired over tokens."""
+    from sae_fvu_plugin.experiments.frontier_summary import rows_paired_interval
+
+    out = []
+    for layer in sorted({r["layer"] for r in rows}):
+        pairs = []
+        for r in sorted(
+            (r for r in rows if r["layer"] == layer and r["method"] == "kmeans_mp"),
+            key=lambda r: r["params"]["steps"],
+        ):
+            m = r["params"]["steps"]
+            topk = next(
+                (
+                    t
+                    for t in rows
+                    if t["layer"] == layer
+                    and t["method"] == "topk"
+                    and t["params"].get("k") == m
+                    and t["d_sae"] == r["d_sae"]
+                ),
+                None,
+            )
+            if topk is None:
+                continue
+            lo, hi = rows_paired_interval(r, topk, "fvu_a")
+            pairs.append(
+                f"{m} steps against TopK k = {m}: "
+                f"{sig(r['ev_fvu_a'] - topk['ev_fvu_a'], 4)} {ci(lo, hi, 4)}"
+            )
+        if pairs:
+            out.append(
+                f"* **Matching pursuit over the k-means codebook against TopK at the same L0**"
+                f" (layer {layer}, `fvu_a`, paired): " + "; ".join(pairs) + "."
+            )
+    return out
+
+
 def _answered(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """Which SAE families have a match-k-means answer at which layers."""
     out = []
@@ -959,6 +998,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         ),
         *_pca_bullets(rows),
         *_sae_bullets(result, rows),
+        *_clustering_vs_topk(rows),
         f"* **Not run yet:** {len(todo)} of the grid's {n_all} models ({_not_run(todo)}) — "
         f"≈ {hours:.0f} h on the same machine by the calibrated rates"
         + (

@@ -165,3 +165,29 @@ def test_the_not_run_list_names_each_method_and_the_gaussian_control():
         Point.of("kmeans", 3, "gaussian", n_clusters=4096),
     ]
     assert rr._not_run(todo) == "TopK ×2, k-means at 16,384 ×1, the Gaussian control ×1"
+
+
+def test_matching_pursuit_is_set_against_topk_at_the_same_l0():
+    """Each L0 > 1 codebook model of the committed original-scale run is compared with the
+    TopK SAE of the same L0, paired over the same tokens (the interval from both rows'
+    bootstrap replicates)."""
+    from sae_fvu_plugin.experiments.frontier_summary import rows_paired_interval
+
+    rows = [r for r in rr.load_original()["rows"] if r["source"] == "real"]
+    text = "\n".join(rr._clustering_vs_topk(rows))
+    pairs = 0
+    for r in rows:
+        if r["method"] != "kmeans_mp":
+            continue
+        m = r["params"]["steps"]
+        (t,) = [
+            t for t in rows
+            if t["layer"] == r["layer"] and t["method"] == "topk" and t["params"]["k"] == m
+        ]  # fmt: skip
+        lo, hi = rows_paired_interval(r, t, "fvu_a")
+        assert lo <= r["ev_fvu_a"] - t["ev_fvu_a"] <= hi
+        assert f"{m} steps against TopK k = {m}: {rr.sig(r['ev_fvu_a'] - t['ev_fvu_a'], 4)} " in (
+            text.replace("\n  ", " ")
+        )
+        pairs += 1
+    assert pairs == 6
