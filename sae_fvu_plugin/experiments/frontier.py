@@ -80,13 +80,10 @@ def points(cfg: FrontierConfig) -> list[Point]:
     return select_methods(out, cfg.methods)
 
 
-# Seconds on 2 CPU cores, measured on SmolLM2-135M at d_sae 512 with 16k fit tokens (a
-# fresh-clone `make demo`): the fit of one model of each method, before its evaluation.
-# The codebook SAEs (top-1, matching pursuit) reuse the k-means fit: they cost nothing here.
-# PCA + k-means = its k-means (scaled by latents) + the PCA and projection (scaled by rows
-# only, `_ROW_SECONDS`): 2 + 3 s in the demo. At the original scale (786,432 rows, 4,096
-# latents, `sae-fvu reproduce`, layer 3) k-means took 819 s and PCA + k-means 968 s against
-# the 714 and 848 these rates give.
+# Seconds on 2 CPU cores (SmolLM2-135M, d_sae 512, 16k fit tokens, a fresh-clone `make
+# demo`) of one model's fit; the codebook SAEs reuse the k-means fit (0 s). PCA + k-means =
+# its k-means + the PCA and projection (`_ROW_SECONDS`, by rows only). At the original scale
+# (layer 3) k-means took 819 s and PCA + k-means 968 s against the 714 and 848 these give.
 _FIT_SECONDS = {
     "residual_kmeans": 15.0,
     "klines": 4.0,
@@ -95,10 +92,8 @@ _FIT_SECONDS = {
 }
 _ROW_SECONDS = {"pca_kmeans": 3.0}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
-# Training time per token of each SAE family against TopK's, measured at the original scale
-# (d_sae 4,096, 2 passes, bfloat16 autocast on 2 Xeon cores; at d_sae 512 in the demo:
-# BatchTopK 1.45, Matryoshka 1.9, ReLU + L1 0.77, JumpReLU 0.96): BatchTopK's top-k over
-# the whole batch and Matryoshka's nested losses cost more than their matmuls.
+# Each SAE family's training time per token against TopK's, measured at d_sae 4,096 (the
+# original scale; CONTRIBUTING.md "The reproduce estimate").
 _SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
 
 
@@ -121,10 +116,9 @@ def stage_minutes(
       scaled by fit tokens;
     * SAE training ≈ 60 s per million training tokens at d_sae 512 (float32 on 2 cores): its
       learning-rate sweep plus its whole budget (min(sae_max_tokens, sae_max_passes ·
-      train_tokens)), scaled by d_sae and by the family's cost against TopK
-      (``_SAE_FAMILY_COST``: BatchTopK 1.9×, Matryoshka 2×, ReLU + L1 0.8×), divided by
-      ``sae_speedup`` (the machine's bfloat16-autocast gain when training runs under it:
-      :func:`.methods.saes.training_speedup`);
+      train_tokens)), scaled by d_sae and the family's cost against TopK (BatchTopK 1.9×,
+      Matryoshka 2×, ReLU + L1 0.8×), divided by ``sae_speedup`` (the machine's bfloat16
+      autocast gain when training runs under it: :func:`.methods.saes.training_speedup`);
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
       variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
