@@ -316,10 +316,10 @@ def _threshold_at_target(sae: Any, xs: torch.Tensor, target_l0: float) -> float:
     """Set every JumpReLU threshold (SAELens's ``jumprelu_init_threshold``, one value) to
     the pre-activation value t that makes the SAE's initial L0 the target on the first
     rows: t lies between the m-th and (m + 1)-th largest of the n × d_sae pre-activations
-    of n = min(4,096, rows) rows, m = ⌈n·L0⌉, so exactly m of them pass the gate pre > t. SAELens's default (0.01) starts at L0 ≈ d_sae / 2, and Adam moves a
-    threshold by at most ~lr per step: at the original scale (384 steps of 4,096 tokens,
-    lr 0.004) the quadratic loss could not bring L0 below ~320 against a target of 8.
-    Returns t."""
+    of n = min(4,096, rows) rows, m = ⌈n·L0⌉, so exactly m of them pass the gate pre > t.
+    SAELens's default (0.01) starts at L0 ≈ d_sae / 2, and Adam moves a threshold by at
+    most ~lr per step: at the original scale (384 steps of 4,096 tokens, lr 0.004) the
+    quadratic loss could not bring L0 below ~320 against a target of 8. Returns t."""
     rows = xs[:_THRESHOLD_ROWS]
     with torch.no_grad():
         _, pre = sae.encode_with_hidden_pre(rows)
@@ -364,9 +364,10 @@ def train(kind: str, inp: FitInput) -> Any:
     sweep_tokens = max(batch, min(cfg.sae_sweep_tokens, budget) // batch * batch)
     segment = max(batch, (cfg.sae_eval_every // batch) * batch)
     autocast = use_autocast(cfg.sae_precision, inp.device)
-    thresholds: list[float] = []
+    initial_threshold: float | None = None  # (JumpReLU; the same for every rate's start)
 
     def start(lr: float) -> _Run:
+        nonlocal initial_threshold
         torch.manual_seed(cfg.seed)
         sae = _training_sae(kind, p, d, inp.device)
         with torch.no_grad():
@@ -374,7 +375,7 @@ def train(kind: str, inp: FitInput) -> Any:
         if kind == "topk_kmeans_init":
             _kmeans_init(sae, inp, scale)
         if kind == "jumprelu":
-            thresholds.append(_threshold_at_target(sae, xs, float(p["l0"])))
+            initial_threshold = _threshold_at_target(sae, xs, float(p["l0"]))
         return _Run(sae, xs, val, lr, cfg, inp.device, autocast)
 
     runs = []
@@ -440,8 +441,8 @@ def train(kind: str, inp: FitInput) -> Any:
     meta["lr_final"] = run.lr
     meta["lr_sweep"] = sweep
     meta["precision"] = "bfloat16 autocast" if autocast else "float32"
-    if thresholds:
-        meta["initial_threshold"] = thresholds[0]
+    if initial_threshold is not None:
+        meta["initial_threshold"] = initial_threshold
     meta["dead_latents"] = int((freq == 0).sum())
     meta["dead_fraction"] = float((freq == 0).float().mean())
     meta["dense_latents"] = int((freq > 0.1).sum())
