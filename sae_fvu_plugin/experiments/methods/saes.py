@@ -131,7 +131,9 @@ def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
         d_in=d, d_sae=p["d_sae"], dtype="float32", device=device, metadata=SAEMetadata()
     )
     if kind in ("topk", "topk_kmeans_init"):
-        return sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(k=p["k"], **common))
+        from .topk_gather import gather_topk_class  # (SAELens's TopK, gathered decodes)
+
+        return gather_topk_class()(sae_lens.TopKTrainingSAEConfig(k=p["k"], **common))
     if kind == "batchtopk":
         return sae_lens.BatchTopKTrainingSAE(
             sae_lens.BatchTopKTrainingSAEConfig(k=p["k"], **common)

@@ -1,0 +1,135 @@
+"""The gathered TopK training step (``experiments/methods/topk_gather.py``) computes
+SAELens's own ``TopKTrainingSAE`` step: the same loss, the same gradients, the same
+firing statistics under SAELens's ``SAETrainer``; anything it does not cover runs
+SAELens's step."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+
+from sae_fvu_plugin.experiments.methods.topk_gather import gather_topk_class
+
+D, D_SAE, K, B = 32, 128, 4, 256
+
+
+def _pair(**cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    made = []
+    for cls in (TopKTrainingSAE, gather_topk_class()):
+        torch.manual_seed(0)
+        made.append(
+            cls(TopKTrainingSAEConfig(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata(), **cfg))
+        )
+    with torch.no_grad():  # an encoder and a bias that differ from the decoder's transpose
+        for sae in made:
+            torch.manual_seed(1)
+            sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+            sae.b_enc.copy_(0.1 * torch.randn(D_SAE))
+            sae.b_dec.copy_(torch.randn(D))
+            sae.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)  # decoder norms ≠ 1
+    return made[0], made[1]
+
+
+def _step(sae: torch.nn.Module, x: torch.Tensor, dead: torch.Tensor | None) -> object:
+    out = sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={},
+            dead_neuron_mask=dead,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+    )
+    out.loss.backward()
+    return out
+
+
+@pytest.mark.parametrize("n_dead", [0, 3, 60, D_SAE])
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_loss_and_gradients_equal_saelens(n_dead: int, rescale: bool, b_dec_in: bool) -> None:
+    ref, ours = _pair(rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=b_dec_in)
+    torch.manual_seed(2)
+    x = torch.randn(B, D) * 3 + 5  # an offset, as residual streams have
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[torch.randperm(D_SAE)[:n_dead]] = True
+    a, b = _step(ref, x, dead), _step(ours, x, dead)
+    for name in ("mse_loss", "auxiliary_reconstruction_loss"):
+        torch.testing.assert_close(b.losses[name], a.losses[name], rtol=1e-5, atol=1e-6)
+    if n_dead:  # (the auxiliary loss ran)
+        assert float(a.losses["auxiliary_reconstruction_loss"].detach()) > 0
+    torch.testing.assert_close(b.sae_out, a.sae_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.feature_acts.to_dense(), a.feature_acts, rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None, name
+        scale = float(p.grad.abs().max())
+        assert scale > 0, name
+        assert float((p.grad - q.grad).abs().max()) <= 1e-5 * scale, name
+
+
+def _trained(cls: type, x: torch.Tensor, steps: int) -> tuple[torch.nn.Module, SAETrainer]:
+    torch.manual_seed(0)
+    sae = cls(TopKTrainingSAEConfig(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata()))
+
+    def batches() -> object:
+        while True:
+            for s in range(0, len(x), 64):
+                yield x[s : s + 64]
+
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=64 * steps,
+            train_batch_size_samples=64,
+            lr=1e-3,
+            lr_end=1e-3,
+            lr_scheduler_name="constant",
+            device="cpu",
+            autocast=False,
+            dead_feature_window=2,
+            feature_sampling_window=2,
+            logger=LoggingConfig(log_to_wandb=False),
+        ),
+        sae,
+        batches(),
+    )
+    with contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit()
+    return sae, trainer
+
+
+def test_saelens_trainer_statistics_and_weights_match() -> None:
+    """Under ``SAETrainer`` (dead-latent window, auxiliary loss, Adam, clipping) the two
+    steps train the same SAE: firing counts equal, weights equal to float rounding."""
+    torch.manual_seed(3)
+    x = torch.randn(512, D) * 2 + 1
+    ref, tr_ref = _trained(TopKTrainingSAE, x, 12)
+    ours, tr_ours = _trained(gather_topk_class(), x, 12)
+    assert bool(tr_ref.dead_neurons.any())  # the auxiliary loss was exercised
+    torch.testing.assert_close(tr_ours.act_freq_scores, tr_ref.act_freq_scores)
+    torch.testing.assert_close(
+        tr_ours.n_forward_passes_since_fired, tr_ref.n_forward_passes_since_fired
+    )
+    for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_hooked_sae_runs_saelens_step() -> None:
+    """A hook on a hook point sees what SAELens's own step gives it (the gathered step
+    would skip the dense latents the hook expects)."""
+    _, ours = _pair()
+    seen: list[tuple[int, ...]] = []
+
+    def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+        seen.append(tuple(t.shape))
+        return t
+
+    ours.hook_sae_acts_post.add_hook(hook)
+    out = _step(ours, torch.randn(B, D), None)
+    assert seen == [(B, D_SAE)]
+    assert not out.feature_acts.is_sparse
