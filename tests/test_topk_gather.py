@@ -1,31 +1,50 @@
-"""The gathered TopK training step (``experiments/methods/topk_gather.py``) computes
-SAELens's own ``TopKTrainingSAE`` step: the same loss, the same gradients, the same
-firing statistics under SAELens's ``SAETrainer``; anything it does not cover runs
-SAELens's step."""
+"""The gathered TopK and BatchTopK training steps (``experiments/methods/topk_gather.py``) computes
+SAELens's own ``TopKTrainingSAE`` / ``BatchTopKTrainingSAE`` step: the same loss, the same
+gradients, the same firing statistics (and BatchTopK threshold) under SAELens's
+``SAETrainer``; anything it does not cover runs SAELens's step."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+from typing import Any
 
 import pytest
 import torch
-from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    LoggingConfig,
+    SAETrainer,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
-from sae_fvu_plugin.experiments.methods.topk_gather import gather_topk_class
+from sae_fvu_plugin.experiments.methods.topk_gather import (
+    gather_batchtopk_class,
+    gather_topk_class,
+)
 
 D, D_SAE, K, B = 32, 128, 4, 256
 
 
-def _pair(**cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
-    made = []
-    for cls in (TopKTrainingSAE, gather_topk_class()):
-        torch.manual_seed(0)
-        made.append(
-            cls(TopKTrainingSAEConfig(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata(), **cfg))
-        )
+KINDS = {
+    "topk": (TopKTrainingSAE, gather_topk_class, TopKTrainingSAEConfig),
+    "batchtopk": (BatchTopKTrainingSAE, gather_batchtopk_class, BatchTopKTrainingSAEConfig),
+}
+
+
+def _make(kind: str, gathered: bool, **cfg: object) -> torch.nn.Module:
+    ref, ours, config = KINDS[kind]
+    cls = ours() if gathered else ref
+    torch.manual_seed(0)
+    return cls(config(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata(), **cfg))
+
+
+def _pair(kind: str = "topk", **cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    made = [_make(kind, False, **cfg), _make(kind, True, **cfg)]
     with torch.no_grad():  # an encoder and a bias that differ from the decoder's transpose
         for sae in made:
             torch.manual_seed(1)
@@ -50,11 +69,14 @@ def _step(sae: torch.nn.Module, x: torch.Tensor, dead: torch.Tensor | None) -> o
     return out
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("n_dead", [0, 3, 60, D_SAE])
 @pytest.mark.parametrize("rescale", [True, False])
 @pytest.mark.parametrize("b_dec_in", [True, False])
-def test_loss_and_gradients_equal_saelens(n_dead: int, rescale: bool, b_dec_in: bool) -> None:
-    ref, ours = _pair(rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=b_dec_in)
+def test_loss_and_gradients_equal_saelens(
+    kind: str, n_dead: int, rescale: bool, b_dec_in: bool
+) -> None:
+    ref, ours = _pair(kind, rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=b_dec_in)
     torch.manual_seed(2)
     x = torch.randn(B, D) * 3 + 5  # an offset, as residual streams have
     dead = torch.zeros(D_SAE, dtype=torch.bool)
@@ -71,11 +93,13 @@ def test_loss_and_gradients_equal_saelens(n_dead: int, rescale: bool, b_dec_in: 
         scale = float(p.grad.abs().max())
         assert scale > 0, name
         assert float((p.grad - q.grad).abs().max()) <= 1e-5 * scale, name
+    if kind == "batchtopk":  # the threshold moved, and by the same amount
+        assert float(ours.topk_threshold) > 0
+        torch.testing.assert_close(ours.topk_threshold, ref.topk_threshold)
 
 
-def _trained(cls: type, x: torch.Tensor, steps: int) -> tuple[torch.nn.Module, SAETrainer]:
-    torch.manual_seed(0)
-    sae = cls(TopKTrainingSAEConfig(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata()))
+def _trained(kind: str, gathered: bool, x: torch.Tensor, steps: int) -> tuple[Any, SAETrainer]:
+    sae = _make(kind, gathered)
 
     def batches() -> object:
         while True:
@@ -103,13 +127,14 @@ def _trained(cls: type, x: torch.Tensor, steps: int) -> tuple[torch.nn.Module, S
     return sae, trainer
 
 
-def test_saelens_trainer_statistics_and_weights_match() -> None:
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_saelens_trainer_statistics_and_weights_match(kind: str) -> None:
     """Under ``SAETrainer`` (dead-latent window, auxiliary loss, Adam, clipping) the two
     steps train the same SAE: firing counts equal, weights equal to float rounding."""
     torch.manual_seed(3)
     x = torch.randn(512, D) * 2 + 1
-    ref, tr_ref = _trained(TopKTrainingSAE, x, 12)
-    ours, tr_ours = _trained(gather_topk_class(), x, 12)
+    ref, tr_ref = _trained(kind, False, x, 12)
+    ours, tr_ours = _trained(kind, True, x, 12)
     assert bool(tr_ref.dead_neurons.any())  # the auxiliary loss was exercised
     torch.testing.assert_close(tr_ours.act_freq_scores, tr_ref.act_freq_scores)
     torch.testing.assert_close(
@@ -117,6 +142,8 @@ def test_saelens_trainer_statistics_and_weights_match() -> None:
     )
     for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    if kind == "batchtopk":
+        torch.testing.assert_close(ours.topk_threshold, ref.topk_threshold)
 
 
 def test_hooked_sae_runs_saelens_step() -> None:

@@ -135,9 +135,9 @@ def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
 
         return gather_topk_class()(sae_lens.TopKTrainingSAEConfig(k=p["k"], **common))
     if kind == "batchtopk":
-        return sae_lens.BatchTopKTrainingSAE(
-            sae_lens.BatchTopKTrainingSAEConfig(k=p["k"], **common)
-        )
+        from .topk_gather import gather_batchtopk_class
+
+        return gather_batchtopk_class()(sae_lens.BatchTopKTrainingSAEConfig(k=p["k"], **common))
     if kind == "matryoshka":
         n = p["d_sae"]
         widths = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})

@@ -1,5 +1,6 @@
-"""SAELens's TopK training SAE with a training step that never materialises the dense
-latents: the same function, its gradients and its trainer, in fewer passes over memory.
+"""SAELens's TopK and BatchTopK training SAEs with a training step that never
+materialises the dense latents: the same function, its gradients and its trainer, in
+fewer passes over memory.
 
 SAELens's ``TopKTrainingSAE.training_forward_pass`` (6.54) computes, for a batch X (B × d)
 with d_sae latents, k active:
@@ -16,7 +17,10 @@ with d_sae latents, k active:
 Here the decodes are gathers: X̂_b = b_dec + Σ_{j ∈ top-k(H_b)} (relu(H_bj) / n_j)·W_dec[j]
 (``embedding_bag`` with per-sample weights, B·k·d multiply-adds instead of B·d_sae·d), and
 the auxiliary decode the same over the k_aux dead latents. The encoder GEMM and the top-k
-over H stay dense (the selection needs every score); the trainer's firing statistics get
+over H stay dense (the selection needs every score). BatchTopK (SAELens's
+``BatchTopKTrainingSAE``) selects the top k·B of relu(H) over the whole batch instead of
+k per row, and updates its threshold θ ← (1 − η)θ + η·min(selected positive values) from
+the same values. The trainer's firing statistics get
 the latents as a sparse (COO) tensor, which ``SAETrainer`` accepts. The loss and every
 gradient equal SAELens's up to the order of floating-point sums (tests: float32, with and
 without dead latents); under bfloat16 autocast the gathered decode runs in float32 where
@@ -31,20 +35,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _decode(idx: torch.Tensor, coef: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
-    """Σ_j coef[b, j]·W_dec[idx[b, j]] for every row b (no bias)."""
-    return F.embedding_bag(idx, w_dec, per_sample_weights=coef.to(w_dec.dtype), mode="sum")
-
-
-def _sparse_latents(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """The B × d_sae latents as a COO tensor (for the trainer's firing statistics)."""
-    b, k = idx.shape
-    rows = torch.arange(b, device=idx.device).repeat_interleave(k)
+def _sparse_latents(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, batch: int, d_sae: int
+) -> torch.Tensor:
+    """The batch × d_sae latents as a COO tensor (for the trainer's firing statistics)."""
     return torch.sparse_coo_tensor(
-        torch.stack([rows, idx.reshape(-1)]),
-        vals.detach().reshape(-1),
-        (b, d_sae),
-        check_invariants=False,
+        torch.stack([rows, cols]), vals.detach(), (batch, d_sae), check_invariants=False
     )
 
 
@@ -60,76 +56,147 @@ def _plain(sae: Any) -> bool:
     return not any(hp._forward_hooks or hp._backward_hooks for hp in sae.hook_dict.values())
 
 
+def _select_topk(hidden_pre: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Per row, the k largest pre-activations, relu'd: (rows, cols, values)."""
+    top = hidden_pre.topk(k, dim=-1, sorted=False)
+    rows = torch.arange(len(hidden_pre), device=hidden_pre.device).repeat_interleave(k)
+    return rows, top.indices.reshape(-1), top.values.relu().reshape(-1)
+
+
+def _select_batch_topk(hidden_pre: torch.Tensor, k: float) -> tuple[torch.Tensor, ...]:
+    """The ⌊k·B⌋ largest of relu(pre-activations) over the whole batch, grouped by row."""
+    n, d_sae = hidden_pre.shape
+    top = hidden_pre.relu().flatten().topk(int(k * n), sorted=False)
+    flat, order = top.indices.sort()
+    return flat // d_sae, flat % d_sae, top.values[order]
+
+
+def _decode(
+    rows: torch.Tensor, cols: torch.Tensor, coef: torch.Tensor, w_dec: torch.Tensor, n: int
+) -> torch.Tensor:
+    """x̂_b = Σ_{(b, j) selected} coef·W_dec[j] for every row b (no bias); ``rows`` sorted."""
+    offsets = torch.zeros(n, dtype=torch.long, device=rows.device)
+    offsets[1:] = torch.bincount(rows, minlength=n)[:-1].cumsum(0)
+    return F.embedding_bag(
+        cols, w_dec, offsets, per_sample_weights=coef.to(w_dec.dtype), mode="sum"
+    )
+
+
+def _gathered_step(sae: Any, step_input: Any, select: Any, output: type) -> Any:
+    """SAELens's TopK training step (module docstring) with gathered decodes; ``select``
+    maps the pre-activations to the selected (rows, cols, values)."""
+    cfg = sae.cfg
+    x = step_input.sae_in
+    sae_in = sae.process_sae_in(x)
+    w_enc, b_enc = sae.W_enc, sae.b_enc
+    norms = sae.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
+    if norms is not None:  # (x W + b) ⊙ n = x (W ⊙ n) + b ⊙ n: a d × d_sae scale
+        w_enc, b_enc = w_enc * norms, b_enc * norms
+    hidden_pre = torch.addmm(b_enc, sae_in, w_enc)
+    rows, cols, vals = select(hidden_pre)
+    coef = vals / norms[cols] if norms is not None else vals
+    sae_out = _decode(rows, cols, coef, sae.W_dec, len(x)) + sae.b_dec
+    sae_out = sae.run_time_activation_norm_fn_out(sae_out)
+    mse = sae.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
+    aux = _aux(sae, step_input, sae_out, hidden_pre, norms)
+    return output(
+        sae_in=x,
+        sae_out=sae_out,
+        feature_acts=_sparse_latents(rows, cols, vals, len(x), cfg.d_sae),
+        hidden_pre=hidden_pre,
+        loss=mse + aux,
+        losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
+    ), vals
+
+
+def _aux(
+    sae: Any,
+    step_input: Any,
+    sae_out: torch.Tensor,
+    hidden_pre: torch.Tensor,
+    norms: torch.Tensor | None,
+) -> torch.Tensor:
+    """SAELens's auxiliary-k loss (``calculate_topk_aux_loss``) on the dead latents'
+    columns only: the top-k_aux of the dead latents' pre-activations decoded by their
+    decoder rows (SAELens masks the live ones to −∞ over all d_sae columns and decodes by
+    the whole decoder; the selection and the sum are the same)."""
+    dead = step_input.dead_neuron_mask
+    if dead is None or (n_dead := int(dead.sum())) == 0:
+        return sae_out.new_tensor(0.0)
+    sae_in = step_input.sae_in
+    residual = (sae_in - sae_out).detach()
+    k_aux = sae_in.shape[-1] // 2
+    scale = min(n_dead / k_aux, 1.0)
+    k_aux = min(k_aux, n_dead)
+    cols = dead.nonzero().squeeze(1)
+    sub = hidden_pre.index_select(1, cols)
+    top = sub.topk(k_aux, sorted=False)
+    acts = torch.zeros_like(sub).scatter(1, top.indices, top.values)
+    w_dec = sae.W_dec[cols]
+    if norms is not None:
+        w_dec = w_dec / norms[cols, None]
+    loss = (acts @ w_dec - residual).pow(2).sum(dim=-1).mean()
+    return sae.cfg.aux_loss_coefficient * scale * loss
+
+
 def gather_topk_class() -> type:
     """The subclass of SAELens's ``TopKTrainingSAE`` (built on first use: SAELens is
     imported lazily by the package)."""
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    from sae_lens import TopKTrainingSAE
-    from sae_lens.saes.sae import TrainStepOutput
+    if "topk" not in _CLASSES:
+        from sae_lens import TopKTrainingSAE
+        from sae_lens.saes.sae import TrainStepOutput
 
-    class GatherTopKTrainingSAE(TopKTrainingSAE):  # type: ignore[misc]
-        """``TopKTrainingSAE`` whose training step decodes by gathers (module docstring)."""
+        class GatherTopKTrainingSAE(TopKTrainingSAE):  # type: ignore[misc]
+            """``TopKTrainingSAE`` whose training step decodes by gathers."""
 
-        def training_forward_pass(self, step_input: Any) -> Any:
-            cfg = self.cfg
-            if not _plain(self):
-                return super().training_forward_pass(step_input)
-            sae_in = self.process_sae_in(step_input.sae_in)
-            w_enc, b_enc = self.W_enc, self.b_enc
-            norms = self.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
-            if norms is not None:  # (x W + b) ⊙ n = x (W ⊙ n) + b ⊙ n: a d × d_sae scale
-                w_enc, b_enc = w_enc * norms, b_enc * norms
-            hidden_pre = torch.addmm(b_enc, sae_in, w_enc)
-            top = hidden_pre.topk(cfg.k, dim=-1, sorted=False)
-            vals = top.values.relu()
-            coef = vals / norms[top.indices] if norms is not None else vals
-            sae_out = _decode(top.indices, coef, self.W_dec) + self.b_dec
-            sae_out = self.run_time_activation_norm_fn_out(sae_out)
-            mse = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-            aux = self._aux(step_input, sae_out, hidden_pre, norms)
-            return TrainStepOutput(
-                sae_in=step_input.sae_in,
-                sae_out=sae_out,
-                feature_acts=_sparse_latents(top.indices, vals, cfg.d_sae),
-                hidden_pre=hidden_pre,
-                loss=mse + aux,
-                losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
-            )
+            def training_forward_pass(self, step_input: Any) -> Any:
+                if not _plain(self):
+                    return super().training_forward_pass(step_input)
+                k = self.cfg.k
+                out, _ = _gathered_step(
+                    self, step_input, lambda h: _select_topk(h, k), TrainStepOutput
+                )
+                return out
 
-        def _aux(
-            self,
-            step_input: Any,
-            sae_out: torch.Tensor,
-            hidden_pre: torch.Tensor,
-            norms: torch.Tensor | None,
-        ) -> torch.Tensor:
-            """SAELens's auxiliary-k loss (``calculate_topk_aux_loss``) on the dead
-            latents' columns only: the top-k_aux of the dead latents' pre-activations
-            decoded by their decoder rows (SAELens masks the live ones to −∞ over all
-            d_sae columns and decodes by the whole decoder; the selection and the sum
-            are the same)."""
-            dead = step_input.dead_neuron_mask
-            if dead is None or (n_dead := int(dead.sum())) == 0:
-                return sae_out.new_tensor(0.0)
-            sae_in = step_input.sae_in
-            residual = (sae_in - sae_out).detach()
-            k_aux = sae_in.shape[-1] // 2
-            scale = min(n_dead / k_aux, 1.0)
-            k_aux = min(k_aux, n_dead)
-            cols = dead.nonzero().squeeze(1)
-            sub = hidden_pre.index_select(1, cols)
-            top = sub.topk(k_aux, sorted=False)
-            acts = torch.zeros_like(sub).scatter(1, top.indices, top.values)
-            w_dec = self.W_dec[cols]
-            if norms is not None:
-                w_dec = w_dec / norms[cols, None]
-            loss = (acts @ w_dec - residual).pow(2).sum(dim=-1).mean()
-            return self.cfg.aux_loss_coefficient * scale * loss
-
-    _CLASS = GatherTopKTrainingSAE
-    return _CLASS
+        _CLASSES["topk"] = GatherTopKTrainingSAE
+    return _CLASSES["topk"]
 
 
-_CLASS: type | None = None
+def gather_batchtopk_class() -> type:
+    """The subclass of SAELens's ``BatchTopKTrainingSAE`` (built on first use)."""
+    if "batchtopk" not in _CLASSES:
+        from sae_lens import BatchTopKTrainingSAE
+        from sae_lens.saes.sae import TrainStepOutput
+
+        class GatherBatchTopKTrainingSAE(BatchTopKTrainingSAE):  # type: ignore[misc]
+            """``BatchTopKTrainingSAE`` whose training step decodes by gathers."""
+
+            def training_forward_pass(self, step_input: Any) -> Any:
+                if not _plain(self):
+                    return super().training_forward_pass(step_input)
+                k = self.cfg.k
+                out, vals = _gathered_step(
+                    self, step_input, lambda h: _select_batch_topk(h, k), TrainStepOutput
+                )
+                self._update_threshold(vals)
+                out.metrics["topk_threshold"] = self._threshold_value()
+                return out
+
+            def _threshold_value(self) -> torch.Tensor:
+                return torch.as_tensor(self.topk_threshold)
+
+            @torch.no_grad()
+            def _update_threshold(self, vals: torch.Tensor) -> None:
+                """SAELens's ``update_topk_threshold`` on the selected values."""
+                positive = vals[vals > 0]
+                if len(positive):
+                    lr = self.cfg.topk_threshold_lr
+                    now = self._threshold_value()
+                    low = positive.min().to(now.dtype)
+                    self.topk_threshold = (1 - lr) * now + lr * low
+
+        _CLASSES["batchtopk"] = GatherBatchTopKTrainingSAE
+    return _CLASSES["batchtopk"]
+
+
+_CLASSES: dict[str, type] = {}
