@@ -15,6 +15,8 @@ from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
     LoggingConfig,
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
     SAETrainer,
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
@@ -24,6 +26,7 @@ from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from sae_fvu_plugin.experiments.methods.topk_gather import (
     gather_batchtopk_class,
+    gather_matryoshka_class,
     gather_topk_class,
 )
 
@@ -33,12 +36,19 @@ D, D_SAE, K, B = 32, 128, 4, 256
 KINDS = {
     "topk": (TopKTrainingSAE, gather_topk_class, TopKTrainingSAEConfig),
     "batchtopk": (BatchTopKTrainingSAE, gather_batchtopk_class, BatchTopKTrainingSAEConfig),
+    "matryoshka": (
+        MatryoshkaBatchTopKTrainingSAE,
+        gather_matryoshka_class,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    ),
 }
 
 
 def _make(kind: str, gathered: bool, **cfg: object) -> torch.nn.Module:
     ref, ours, config = KINDS[kind]
     cls = ours() if gathered else ref
+    if kind == "matryoshka":
+        cfg = {"matryoshka_widths": [16, 48, D_SAE], **cfg}
     torch.manual_seed(0)
     return cls(config(d_in=D, d_sae=D_SAE, k=K, metadata=SAEMetadata(), **cfg))
 
@@ -82,8 +92,10 @@ def test_loss_and_gradients_equal_saelens(
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[torch.randperm(D_SAE)[:n_dead]] = True
     a, b = _step(ref, x, dead), _step(ours, x, dead)
-    for name in ("mse_loss", "auxiliary_reconstruction_loss"):
+    assert sorted(b.losses) == sorted(a.losses)  # (Matryoshka: one loss per inner width)
+    for name in a.losses:
         torch.testing.assert_close(b.losses[name], a.losses[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
     if n_dead:  # (the auxiliary loss ran)
         assert float(a.losses["auxiliary_reconstruction_loss"].detach()) > 0
     torch.testing.assert_close(b.sae_out, a.sae_out, rtol=1e-5, atol=1e-5)
@@ -93,7 +105,7 @@ def test_loss_and_gradients_equal_saelens(
         scale = float(p.grad.abs().max())
         assert scale > 0, name
         assert float((p.grad - q.grad).abs().max()) <= 1e-5 * scale, name
-    if kind == "batchtopk":  # the threshold moved, and by the same amount
+    if kind != "topk":  # the threshold moved, and by the same amount
         assert float(ours.topk_threshold) > 0
         torch.testing.assert_close(ours.topk_threshold, ref.topk_threshold)
 
@@ -142,7 +154,7 @@ def test_saelens_trainer_statistics_and_weights_match(kind: str) -> None:
     )
     for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
-    if kind == "batchtopk":
+    if kind != "topk":
         torch.testing.assert_close(ours.topk_threshold, ref.topk_threshold)
 
 

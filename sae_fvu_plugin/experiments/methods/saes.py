@@ -141,7 +141,9 @@ def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
     if kind == "matryoshka":
         n = p["d_sae"]
         widths = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
-        return sae_lens.MatryoshkaBatchTopKTrainingSAE(
+        from .topk_gather import gather_matryoshka_class
+
+        return gather_matryoshka_class()(
             sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
                 k=p["k"], matryoshka_widths=widths, **common
             )

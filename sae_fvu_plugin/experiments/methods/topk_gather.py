@@ -29,7 +29,7 @@ SAELens's GEMM runs in bfloat16, so this path is the more exact of the two.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,16 @@ def _decode(
     )
 
 
-def _gathered_step(sae: Any, step_input: Any, select: Any, output: type) -> Any:
+class _Selected(NamedTuple):
+    """The selected latents of a batch: row, latent, value, value ⊘ decoder norm."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    vals: torch.Tensor
+    coef: torch.Tensor
+
+
+def _gathered_step(sae: Any, step_input: Any, select: Any, output: type) -> tuple[Any, _Selected]:
     """SAELens's TopK training step (module docstring) with gathered decodes; ``select``
     maps the pre-activations to the selected (rows, cols, values)."""
     cfg = sae.cfg
@@ -106,7 +115,7 @@ def _gathered_step(sae: Any, step_input: Any, select: Any, output: type) -> Any:
         hidden_pre=hidden_pre,
         loss=mse + aux,
         losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
-    ), vals
+    ), _Selected(rows, cols, vals, coef)
 
 
 def _aux(
@@ -137,6 +146,18 @@ def _aux(
         w_dec = w_dec / norms[cols, None]
     loss = (acts @ w_dec - residual).pow(2).sum(dim=-1).mean()
     return sae.cfg.aux_loss_coefficient * scale * loss
+
+
+@torch.no_grad()
+def _update_threshold(sae: Any, out: Any, vals: torch.Tensor) -> None:
+    """SAELens's BatchTopK ``update_topk_threshold`` on the selected values:
+    θ ← (1 − η)θ + η·min(positive values), in float64 (and θ in the step's metrics)."""
+    positive = vals[vals > 0]
+    if len(positive):
+        lr = sae.cfg.topk_threshold_lr
+        now = sae.topk_threshold
+        sae.topk_threshold = (1 - lr) * now + lr * positive.min().to(now.dtype)
+    out.metrics["topk_threshold"] = sae.topk_threshold
 
 
 def gather_topk_class() -> type:
@@ -175,28 +196,47 @@ def gather_batchtopk_class() -> type:
                 if not _plain(self):
                     return super().training_forward_pass(step_input)
                 k = self.cfg.k
-                out, vals = _gathered_step(
+                out, sel = _gathered_step(
                     self, step_input, lambda h: _select_batch_topk(h, k), TrainStepOutput
                 )
-                self._update_threshold(vals)
-                out.metrics["topk_threshold"] = self._threshold_value()
+                _update_threshold(self, out, sel.vals)
                 return out
-
-            def _threshold_value(self) -> torch.Tensor:
-                return torch.as_tensor(self.topk_threshold)
-
-            @torch.no_grad()
-            def _update_threshold(self, vals: torch.Tensor) -> None:
-                """SAELens's ``update_topk_threshold`` on the selected values."""
-                positive = vals[vals > 0]
-                if len(positive):
-                    lr = self.cfg.topk_threshold_lr
-                    now = self._threshold_value()
-                    low = positive.min().to(now.dtype)
-                    self.topk_threshold = (1 - lr) * now + lr * low
 
         _CLASSES["batchtopk"] = GatherBatchTopKTrainingSAE
     return _CLASSES["batchtopk"]
+
+
+def gather_matryoshka_class() -> type:
+    """The subclass of SAELens's ``MatryoshkaBatchTopKTrainingSAE`` (built on first use):
+    BatchTopK's gathered step plus, per inner width w, the loss ‖b_dec + Σ_{j < w}
+    (selected) (v_j / n_j)·W_dec[j] − x‖² (SAELens's nested losses; with
+    ``use_matryoshka_aux_loss`` SAELens's own step runs)."""
+    if "matryoshka" not in _CLASSES:
+        from sae_lens import MatryoshkaBatchTopKTrainingSAE
+        from sae_lens.saes.sae import TrainStepOutput
+
+        class GatherMatryoshkaTrainingSAE(MatryoshkaBatchTopKTrainingSAE):  # type: ignore[misc]
+            """``MatryoshkaBatchTopKTrainingSAE`` whose training step decodes by gathers."""
+
+            def training_forward_pass(self, step_input: Any) -> Any:
+                if not _plain(self) or self.cfg.use_matryoshka_aux_loss:
+                    return super().training_forward_pass(step_input)
+                k, x = self.cfg.k, step_input.sae_in
+                out, sel = _gathered_step(
+                    self, step_input, lambda h: _select_batch_topk(h, k), TrainStepOutput
+                )
+                _update_threshold(self, out, sel.vals)
+                for width in self.cfg.matryoshka_widths[:-1]:  # (the outer one is the SAE)
+                    coef = sel.coef * (sel.cols < width)
+                    inner = _decode(sel.rows, sel.cols, coef, self.W_dec, len(x)) + self.b_dec
+                    inner = self.run_time_activation_norm_fn_out(inner)
+                    loss = self.mse_loss_fn(inner, x).sum(dim=-1).mean()
+                    out.losses[f"inner_mse_loss_{width}"] = loss
+                    out.loss = out.loss + loss
+                return out
+
+        _CLASSES["matryoshka"] = GatherMatryoshkaTrainingSAE
+    return _CLASSES["matryoshka"]
 
 
 _CLASSES: dict[str, type] = {}
