@@ -37,6 +37,11 @@ Training at its best within a budget:
   collapsed); both: L0 10.5 / 10.7 with 0.868 / 0.570.
 * **Dead latents.** TopK, BatchTopK and Matryoshka use SAELens's auxiliary-k loss on the
   latents that did not fire for one pass (``dead_feature_window``).
+* **The training step.** TopK (also from the k-means codebook), BatchTopK and Matryoshka
+  run SAELens's trainer on subclasses of SAELens's training SAEs whose step decodes by
+  gathers instead of a dense latents × decoder product (``topk_gather.py``: the same loss
+  and gradients, tested against SAELens's step); ReLU + L1 and JumpReLU, whose latents are
+  not a fixed few per row, run SAELens's step as it is.
 * **Precision.** ``sae_precision="auto"`` trains under bfloat16 autocast where a short
   calibration of one training step (forward, backward, Adam) measures it ≥ 1.2× faster than
   float32 on the device, float32 elsewhere (on a CPU without bfloat16 units autocast is
