@@ -157,6 +157,8 @@ def test_saelens_trained_saes_through_saebench(lm, kind, params):
         and meta.lr == sweep["lrs"][sweep["ev"].index(max(sweep["ev"]))]
     )
     assert meta.precision == "float32" and 0 <= meta.dead_fraction <= 1
+    gathered = kind in ("topk", "topk_kmeans_init", "batchtopk", "matryoshka")
+    assert meta.training_step == ("gathered" if gathered else "SAELens")
     # the kept checkpoint is the best validation point of the curve
     kept = dict(map(tuple, curve))[meta.kept_checkpoint_tokens]
     assert kept == max(v for _, v in curve)

@@ -190,6 +190,7 @@ class Evaluator:
             "lr_final",
             "initial_threshold",
             "precision",
+            "training_step",
             "dead_latents",
             "dead_fraction",
             "dense_latents",

@@ -68,6 +68,12 @@ import torch
 
 from ..points import FitInput
 from ..registry import Method, register
+from .topk_gather import (
+    gather_batchtopk_class,
+    gather_matryoshka_class,
+    gather_topk_class,
+    is_gathered,
+)
 
 _TRAIN_FIELDS = (
     "seed",
@@ -136,18 +142,12 @@ def _training_sae(kind: str, p: dict[str, Any], d: int, device: str) -> Any:
         d_in=d, d_sae=p["d_sae"], dtype="float32", device=device, metadata=SAEMetadata()
     )
     if kind in ("topk", "topk_kmeans_init"):
-        from .topk_gather import gather_topk_class  # (SAELens's TopK, gathered decodes)
-
         return gather_topk_class()(sae_lens.TopKTrainingSAEConfig(k=p["k"], **common))
     if kind == "batchtopk":
-        from .topk_gather import gather_batchtopk_class
-
         return gather_batchtopk_class()(sae_lens.BatchTopKTrainingSAEConfig(k=p["k"], **common))
     if kind == "matryoshka":
         n = p["d_sae"]
         widths = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
-        from .topk_gather import gather_matryoshka_class
-
         return gather_matryoshka_class()(
             sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
                 k=p["k"], matryoshka_widths=widths, **common
@@ -450,6 +450,8 @@ def train(kind: str, inp: FitInput) -> Any:
     meta["lr_final"] = run.lr
     meta["lr_sweep"] = sweep
     meta["precision"] = "bfloat16 autocast" if autocast else "float32"
+    # (rows without it were trained by SAELens's own step)
+    meta["training_step"] = "gathered" if is_gathered(run.sae) else "SAELens"
     if initial_threshold is not None:
         meta["initial_threshold"] = initial_threshold
     meta["dead_latents"] = int((freq == 0).sum())

@@ -240,3 +240,8 @@ def gather_matryoshka_class() -> type:
 
 
 _CLASSES: dict[str, type] = {}
+
+
+def is_gathered(sae: Any) -> bool:
+    """Whether ``sae`` trains with one of this module's gathered steps."""
+    return any(isinstance(sae, cls) for cls in _CLASSES.values())
