@@ -91,10 +91,11 @@ _FIT_SECONDS = {
     "kmeans_mp": 0.0,
 }
 _ROW_SECONDS = {"pca_kmeans": 3.0}
-_SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens training, d_sae 512, float32, incl. validation
-# Each SAE family's training time per token against TopK's, measured at d_sae 4,096 (the
-# original scale; CONTRIBUTING.md "The reproduce estimate").
-_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
+_SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
+# Each family's time per token against that, at d_sae 4,096 (CONTRIBUTING.md "The
+# reproduce estimate"; the gathered step: TopK ÷2.9, BatchTopK ÷2.7, Matryoshka ÷2.9).
+_G = {"topk": 0.35, "topk_kmeans_init": 0.35, "batchtopk": 0.7, "matryoshka": 0.7}
+_SAE_FAMILY_COST = _G | {"standard": 0.8}
 
 
 def stage_minutes(
@@ -114,11 +115,10 @@ def stage_minutes(
     * clustering fits: ``_FIT_SECONDS`` per method (2 s otherwise) at 16,384 fit tokens and
       512 latents, scaled by fit tokens · the model's own latents, plus ``_ROW_SECONDS``
       scaled by fit tokens;
-    * SAE training ≈ 60 s per million training tokens at d_sae 512 (float32 on 2 cores): its
-      learning-rate sweep plus its whole budget (min(sae_max_tokens, sae_max_passes ·
-      train_tokens)), scaled by d_sae and the family's cost against TopK (BatchTopK 1.9×,
-      Matryoshka 2×, ReLU + L1 0.8×), divided by ``sae_speedup`` (the machine's bfloat16
-      autocast gain when training runs under it: :func:`.methods.saes.training_speedup`);
+    * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
+      (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
+      sae_max_passes · train_tokens)), × d_sae / 512 × the family's ``_SAE_FAMILY_COST``,
+      ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
       variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
