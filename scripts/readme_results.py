@@ -386,7 +386,8 @@ def _frontier_intro(frontier: dict[str, Any]) -> list[str]:
         f"explained variance fell more than {c['plateau']:.1%} below its best: "
         f"{sum(bool(r.get('lr_halvings')) for r in saes)} of {len(saes)} SAEs), "
         f"{' / '.join(precision)} (chosen "
-        "by a measured calibration of one training step), SAELens's auxiliary-k loss for dead "
+        f"by a measured calibration of one training step){_step_words(saes)}, SAELens's "
+        "auxiliary-k loss for dead "
         f"latents, and the best validation checkpoint kept.{jr_text} Converged = held-out explained "
         f"variance changed < {c['plateau']:.1%} over the last fifth of training and 50 % more "
         f"tokens then gained < {c['continuation']:.1%}: {converged} of {len(saes)} converged "
@@ -847,6 +848,23 @@ def _machine_words(result: dict[str, Any]) -> str:
         f"{cpu}{f' ({threads})' if threads else ''}, whose calibration measured bfloat16 "
         f"k-means scores {m['bfloat16_gain']:.1f}× as fast as float32 and chose "
         f"{m['score_dtype']}"
+    )
+
+
+def _step_words(saes: list[dict[str, Any]]) -> str:
+    """Which SAEs trained with the gathered step (rows record ``training_step``)."""
+    fams = sorted(
+        {
+            SAE_WORDS.get(r["method"], r["method"])
+            for r in saes
+            if r.get("training_step") == "gathered"
+        }
+    )
+    if not fams:
+        return ""
+    return (
+        f"; {', '.join(fams)} with the plugin's gathered training step (SAELens's loss and "
+        "gradients without the dense latents: `methods/topk_gather.py`)"
     )
 
 
