@@ -1,0 +1,115 @@
+"""The printed time estimate of a frontier-like grid: minutes per stage from rates measured
+on 2 CPU cores (an AMD EPYC in float32; the runner scales them to the machine it runs on
+by a matmul timing, :func:`.runner.machine_factor`).
+
+A leaf of the experiments (the registry and the summary's family list only), so the
+frontier, the reproduce spec and the README script share one cost model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from . import registry
+from .frontier_summary import SAE_FAMILIES
+from .points import Point
+
+# Seconds on 2 CPU cores (SmolLM2-135M, d_sae 512, 16k fit tokens, a fresh-clone `make
+# demo`) of one model's fit; the codebook SAEs reuse the k-means fit (0 s). PCA + k-means =
+# its k-means + the PCA and projection (`_ROW_SECONDS`, by rows only).
+_FIT_SECONDS = {
+    "residual_kmeans": 15.0,
+    "klines": 4.0,
+    "kmeans_top1": 0.0,
+    "kmeans_mp": 0.0,
+}
+_ROW_SECONDS = {"pca_kmeans": 3.0}
+# k-means and PCA + k-means at the original scale (CONTRIBUTING.md "The reproduce
+# estimate"): Lloyd's iterations 2 s per 512 clusters at 16,384 rows, ∝ k·N^0.87 (the cost
+# per row falls with N: fixed costs per iteration), plus greedy k-means++ seeding beyond
+# the demo's: k sequential passes over the m = min(N, max(32768, 32k)) sampled rows,
+# memory-bound once they leave the cache, ∝ k·(m − 32,768)·d (∝ k² at large k).
+_LLOYD_EXPONENT = 0.87
+_SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
+_SEEDED = {"kmeans", "pca_kmeans"}
+_SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
+# Each family's time per token against that, at d_sae 4,096 (CONTRIBUTING.md "The
+# reproduce estimate"; the gathered step: TopK ÷2.9, BatchTopK ÷2.7, Matryoshka ÷2.9).
+_G = {"topk": 0.35, "topk_kmeans_init": 0.35, "batchtopk": 0.7, "matryoshka": 0.7}
+_SAE_FAMILY_COST = _G | {"standard": 0.8}
+# The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)
+# took 9.6 min where the rates above gave 10.35.
+_MEASURED_OVER_FORMULA = 9.6 / 10.35
+
+
+def fit_seconds(method: str, clusters: int, fit_tokens: int, d: int = 576) -> float:
+    """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
+    per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
+    rows^``_LLOYD_EXPONENT``, plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d), plus
+    ``_ROW_SECONDS`` per 16,384 rows."""
+    rows = fit_tokens / 16_384
+    fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
+    if method not in _SEEDED:
+        return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
+    m = min(fit_tokens, max(32_768, 32 * clusters))
+    seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d
+    return fit * rows**_LLOYD_EXPONENT + seed + _ROW_SECONDS.get(method, 0.0) * rows
+
+
+def stage_minutes(
+    cfg: Any,
+    pts: list[Point],
+    cached_layers: Collection[int] = (),
+    sae_speedup: float = 1.0,
+) -> dict[str, float]:
+    """Wall minutes per stage on 2 CPU cores for the points ``pts`` of an experiment under
+    ``cfg`` (a frontier-like config), the activations of ``cached_layers`` already on disk,
+    from rates measured in runs on SmolLM2-135M:
+
+    * start-up (imports, model load, summary and plots) ≈ 15 s;
+    * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
+      layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
+      validation rows, in one pass to the deepest layer not cached;
+    * clustering fits: :func:`fit_seconds` of each point's own latents;
+    * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
+      (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
+      sae_max_passes · train_tokens)), × d_sae / 512 × the family's ``_SAE_FAMILY_COST``,
+      ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
+    * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
+      forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
+      variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
+      dimension at 120 GFLOP/s) + ≈ 0.5 s; a Gaussian-control model is scored directly
+      (≈ 1 s + the same SAE term).
+    """
+    n_train = cfg.train_tokens or cfg.fit_tokens
+    sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
+        cfg.sae_max_tokens, cfg.sae_max_passes * n_train
+    )
+    recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
+    seconds = {"start-up": 0.0, "activations": 0.0}
+    missing = [layer for layer in cfg.layers if layer not in cached_layers]
+    if pts:
+        seconds["start-up"] = 15.0
+    if pts and missing:
+        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(missing) + 1) / 8_500
+    clus = sae = ev = 0.0
+    for p in pts:
+        latents = registry.get(p.method).d_sae(p.param_dict)
+        if p.method in SAE_FAMILIES:
+            cost = _SAE_FAMILY_COST.get(p.method, 1.0) / sae_speedup
+            sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
+        else:
+            clusters = p.param_dict.get("n_clusters", latents)
+            clus += fit_seconds(p.method, clusters, cfg.fit_tokens)
+        if p.source == "real":
+            ev += (
+                recon * cfg.model_metrics
+                + cfg.eval_tokens * (p.layer + 1) / 8_500
+                + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
+                + 0.5
+            )
+        else:
+            ev += 1.0 + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
+    seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
+    return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
