@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Any
 
 import pytest
@@ -172,3 +173,25 @@ def test_hooked_sae_runs_saelens_step() -> None:
     out = _step(ours, torch.randn(B, D), None)
     assert seen == [(B, D_SAE)]
     assert not out.feature_acts.is_sparse
+
+
+@pytest.mark.parametrize("k", [2.5, 10.0])  # a pool of candidates / all values (4⌈k⌉ ≥ d_sae/4)
+@pytest.mark.parametrize("dominant_row", [False, True])
+def test_batch_topk_selection_is_the_whole_batch_top(dominant_row: bool, k: float) -> None:
+    """BatchTopK's selection through each row's candidates equals the top ⌊k·B⌋ of the
+    whole batch, also when one row holds more of them than its candidates (the fallback)."""
+    from sae_fvu_plugin.experiments.methods.topk_gather import _select_batch_topk
+
+    torch.manual_seed(4)
+    h = torch.randn(B, D_SAE)
+    if dominant_row:
+        h[7] += 100.0  # row 7 holds far more than 4⌈k⌉ of the batch's largest values
+    rows, cols, vals = _select_batch_topk(h, k)
+    flat = h.relu().flatten()
+    want = flat.topk(int(k * B)).indices.sort().values
+    got = rows * D_SAE + cols
+    assert torch.equal(got, want)
+    assert torch.equal(vals, flat[got])
+    assert bool((rows[1:] >= rows[:-1]).all())  # grouped by row (the decode's bags)
+    if dominant_row:  # row 7 holds more than its 4⌈k⌉ candidates: its whole row was pooled
+        assert int((rows == 7).sum()) > 4 * math.ceil(k)

@@ -36,8 +36,9 @@ _SEEDED = {"kmeans", "pca_kmeans"}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
 # "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8;
-# the gathered step (whole training with validation) ÷1.7 of that, ×1.2 measured at scale.
-_G = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 1.35, "matryoshka": 1.4}
+# the gathered step: TopK measured at scale, BatchTopK / Matryoshka with its pooled
+# selection scaled by their benchmark gain (CONTRIBUTING.md "The gathered training step").
+_G = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
 _SAE_FAMILY_COST = _G | {"standard": 0.8}
 # The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)
 # took 9.6 min where the rates above gave 10.35.
