@@ -115,7 +115,7 @@ def test_matching_pursuit_over_the_codebook(lm, km):
     ],
 )
 def test_saelens_trained_saes_through_saebench(lm, kind, params):
-    from sae_fvu_plugin.experiments.methods.saes import train
+    from sae_fvu_plugin.experiments.methods.saes import gathered_step, train
     from sae_fvu_plugin.experiments.points import FitInput, Point
 
     model, ds, acts = lm
@@ -157,7 +157,9 @@ def test_saelens_trained_saes_through_saebench(lm, kind, params):
         and meta.lr == sweep["lrs"][sweep["ev"].index(max(sweep["ev"]))]
     )
     assert meta.precision == "float32" and 0 <= meta.dead_fraction <= 1
-    gathered = kind in ("topk", "topk_kmeans_init", "batchtopk", "matryoshka")
+    # the gathered step where k / d_sae ≤ 1/32 (here BatchTopK and Matryoshka, k 2 of 64)
+    gathered = kind in ("batchtopk", "matryoshka")
+    assert gathered_step(kind, params) == gathered
     assert meta.training_step == ("gathered" if gathered else "SAELens")
     # the kept checkpoint is the best validation point of the curve
     kept = dict(map(tuple, curve))[meta.kept_checkpoint_tokens]

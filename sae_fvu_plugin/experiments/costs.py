@@ -36,10 +36,22 @@ _SEEDED = {"kmeans", "pca_kmeans"}
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
 # "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8;
-# the gathered step: TopK measured at scale, BatchTopK / Matryoshka with its pooled
-# selection scaled by their benchmark gain (CONTRIBUTING.md "The gathered training step").
-_G = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
-_SAE_FAMILY_COST = _G | {"standard": 0.8}
+# the gathered step (``methods.saes.gathered_step``) from d_sae 2,048 on: TopK measured at
+# scale, BatchTopK / Matryoshka with its pooled selection scaled by their benchmark gain
+# (CONTRIBUTING.md "The gathered training step"); at the demo's d_sae 512 it gains ~20 %.
+_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
+_GATHERED_COST = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
+
+
+def sae_cost(method: str, params: dict[str, Any]) -> float:
+    """A training SAE's time per token against SAELens's TopK step at the same d_sae."""
+    from .methods.saes import gathered_step
+
+    if params["d_sae"] >= 2048 and gathered_step(method, params):
+        return _GATHERED_COST[method]
+    return _SAE_FAMILY_COST.get(method, 1.0)
+
+
 # The demo's frontier on 2026-12-02 (the committed run, SAEs on 65,536 fresh training rows)
 # took 9.6 min where the rates above gave 10.35.
 _MEASURED_OVER_FORMULA = 9.6 / 10.35
@@ -76,7 +88,7 @@ def stage_minutes(
     * clustering fits: :func:`fit_seconds` of each point's own latents;
     * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
       (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
-      sae_max_passes · train_tokens)), × d_sae / 512 × the family's ``_SAE_FAMILY_COST``,
+      sae_max_passes · train_tokens)), × d_sae / 512 × :func:`sae_cost`,
       ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
@@ -99,7 +111,7 @@ def stage_minutes(
     for p in pts:
         latents = registry.get(p.method).d_sae(p.param_dict)
         if p.method in SAE_FAMILIES:
-            cost = _SAE_FAMILY_COST.get(p.method, 1.0) / sae_speedup
+            cost = sae_cost(p.method, p.param_dict) / sae_speedup
             sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
             clusters = p.param_dict.get("n_clusters", latents)
