@@ -114,7 +114,9 @@ def stage_minutes(
             cost = sae_cost(p.method, p.param_dict) / sae_speedup
             sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
-            clusters = p.param_dict.get("n_clusters", latents)
+            # (k-means' seeding by its own clusters; the other rates are per latent)
+            seeded = p.method in _SEEDED
+            clusters = p.param_dict.get("n_clusters", latents) if seeded else latents
             clus += fit_seconds(p.method, clusters, cfg.fit_tokens)
         if p.source == "real":
             ev += (
