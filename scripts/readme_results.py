@@ -868,6 +868,48 @@ def _step_words(saes: list[dict[str, Any]]) -> str:
     )
 
 
+def _gaussian_words(gauss: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """The Gaussian-control rows against the same models on the real activations, per
+    layer and method (a family's several models in one clause, in the order of L0)."""
+    groups: dict[tuple[int, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for g in sorted(gauss, key=lambda g: (g["layer"], g["method"], g["l0"] or 0)):
+        real = [
+            r
+            for r in rows
+            if (r["layer"], r["method"], r["d_sae"]) == (g["layer"], g["method"], g["d_sae"])
+            and r["params"] == g["params"]
+        ]
+        if real:
+            groups.setdefault((g["layer"], g["method"]), []).append((g, real[0]))
+    out = []
+    for (layer, method), pairs in groups.items():
+        word = _WORDS.get(method, SAE_WORDS.get(method, method))
+        if len(pairs) == 1:
+            g, r = pairs[0]
+            p = g["params"]
+            named = method in SAE_WORDS or any(p.get(x) for x in ("n_pca", "steps", "n_stages"))
+            out.append(
+                f"{_model_name(g) if named else word} at layer {layer}: "
+                f"{f(g['ev_fvu_a'])} ± {f(half(g))} "
+                f"(`fvu_a`), {f(g['ev_fvu_b'])} (`fvu_b`) on the Gaussian against "
+                f"{f(r['ev_fvu_a'])} and {f(r['ev_fvu_b'])} on the real activations "
+                f"({'higher' if r['ev_fvu_b'] > g['ev_fvu_b'] else 'lower'} on the real "
+                "activations under `fvu_b`)"
+            )
+            continue
+        ls = ", ".join(f"{g['l0']:.0f}" for g, _ in pairs)
+        higher = sum(r["ev_fvu_b"] > g["ev_fvu_b"] for g, r in pairs)
+        out.append(
+            f"{word} at layer {layer} (L0 {ls}): `fvu_a` "
+            + " / ".join(f(g["ev_fvu_a"]) for g, _ in pairs)
+            + " on the Gaussian against "
+            + " / ".join(f(r["ev_fvu_a"]) for _, r in pairs)
+            + " on the real activations (`fvu_b` higher on the real activations for "
+            f"{higher} of {len(pairs)})"
+        )
+    return "; ".join(out)
+
+
 def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dict[str, Any]) -> str:
     """The README's "At the original experiment's scale" section, from
     docs/original-scale/results.json (and the demo's frontier for the comparison)."""
@@ -921,21 +963,13 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     gauss = [r for r in result["rows"] if r["source"] == "gaussian"]
     gauss_ran = (
         "with the Gaussian control (same mean and covariance) for "
-        + ", ".join(sorted({f"{r['method']} at layer {r['layer']}" for r in gauss}))
+        + ", ".join(
+            sorted({f"{_WORDS.get(r['method'], r['method'])} at layer {r['layer']}" for r in gauss})
+        )
         if gauss
         else "without the Gaussian control"
     )
-    gauss_text = "; ".join(
-        f"{_WORDS.get(g['method'], g['method'])} at layer {g['layer']}: "
-        f"{f(g['ev_fvu_a'])} ± {f(half(g))} (`fvu_a`), {f(g['ev_fvu_b'])} (`fvu_b`) on the "
-        f"Gaussian against {f(r['ev_fvu_a'])} and {f(r['ev_fvu_b'])} on the real activations "
-        f"({'more' if r['ev_fvu_b'] > g['ev_fvu_b'] else 'less'} clusterable than the "
-        "Gaussian under `fvu_b`)"
-        for g in sorted(gauss, key=lambda g: (g["layer"], g["method"]))
-        for r in rows
-        if (r["layer"], r["method"], r["d_sae"]) == (g["layer"], g["method"], g["d_sae"])
-        and r["params"] == g["params"]
-    )
+    gauss_text = _gaussian_words(gauss, rows)
     changed = "; ".join(
         f"layer {layer}: {f(demo[layer]['ev_fvu_a'])} ± {f(half(demo[layer]))} with "
         f"{demo[layer]['d_sae']} clusters fitted on {count(demo[layer]['n_tokens'])} tokens "

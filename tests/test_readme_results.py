@@ -191,3 +191,19 @@ def test_matching_pursuit_is_set_against_topk_at_the_same_l0():
         )
         pairs += 1
     assert pairs == 6
+
+
+def test_the_gaussian_control_is_one_clause_per_family_and_layer():
+    """The Gaussian-control rows of the committed original-scale run: a family's several
+    models (TopK k 1–128) in one clause in the order of L0, a single model by its name,
+    each against the same model on the real activations."""
+    result = rr.load_original()
+    rows = [r for r in result["rows"] if r["source"] == "real"]
+    gauss = [r for r in result["rows"] if r["source"] == "gaussian"]
+    text = rr._gaussian_words(gauss, rows)
+    topk = sorted((g for g in gauss if g["method"] == "topk"), key=lambda g: g["l0"])
+    assert len(topk) >= 2 and text.count("TopK at layer 3") == 1
+    assert " / ".join(rr.f(g["ev_fvu_a"]) for g in topk) in text
+    km = next(g for g in gauss if g["method"] == "kmeans")
+    assert f"k-means at layer 3: {rr.f(km['ev_fvu_a'])}" in text
+    assert rr._gaussian_words([], rows) == ""
