@@ -201,7 +201,9 @@ def test_the_gaussian_control_is_one_clause_per_family_and_layer():
     rows = [r for r in result["rows"] if r["source"] == "real"]
     gauss = [r for r in result["rows"] if r["source"] == "gaussian"]
     text = rr._gaussian_words(gauss, rows)
-    topk = sorted((g for g in gauss if g["method"] == "topk"), key=lambda g: g["l0"])
+    topk = sorted(
+        (g for g in gauss if g["method"] == "topk" and g["layer"] == 3), key=lambda g: g["l0"]
+    )
     assert len(topk) >= 2 and text.count("TopK at layer 3") == 1
     assert " / ".join(rr.f(g["ev_fvu_a"]) for g in topk) in text
     km = next(g for g in gauss if g["method"] == "kmeans")
