@@ -1,6 +1,7 @@
-"""SAELens's TopK and BatchTopK training SAEs with a training step that never
-materialises the dense latents: the same function, its gradients and its trainer, in
-fewer passes over memory.
+"""SAELens's TopK, BatchTopK and Matryoshka BatchTopK training SAEs with a training step
+that never materialises the dense latents: the same function, its gradients and its
+trainer, in fewer passes over memory (used where k / d_sae ≤ 1/32:
+:func:`.saes.gathered_step`).
 
 SAELens's ``TopKTrainingSAE.training_forward_pass`` (6.54) computes, for a batch X (B × d)
 with d_sae latents, k active:
@@ -19,12 +20,14 @@ Here the decodes are gathers: X̂_b = b_dec + Σ_{j ∈ top-k(H_b)} (relu(H_bj) 
 the auxiliary decode the same over the k_aux dead latents. The encoder GEMM and the top-k
 over H stay dense (the selection needs every score). BatchTopK (SAELens's
 ``BatchTopKTrainingSAE``) selects the top k·B of relu(H) over the whole batch instead of
-k per row, and updates its threshold θ ← (1 − η)θ + η·min(selected positive values) from
-the same values. The trainer's firing statistics get
-the latents as a sparse (COO) tensor, which ``SAETrainer`` accepts. The loss and every
-gradient equal SAELens's up to the order of floating-point sums (tests: float32, with and
-without dead latents); under bfloat16 autocast the gathered decode runs in float32 where
-SAELens's GEMM runs in bfloat16, so this path is the more exact of the two.
+k per row (from a pool of candidates: :func:`_select_batch_topk`), and updates its
+threshold θ ← (1 − η)θ + η·min(selected positive values) from the same values; Matryoshka
+adds one masked gather per inner width for its nested losses. The trainer's firing
+statistics get the latents as a sparse (COO) tensor, which ``SAETrainer`` accepts. The
+loss and every gradient equal SAELens's up to the order of floating-point sums (tests:
+float32, with and without dead latents); under bfloat16 autocast the gathered decode runs
+in float32 where SAELens's GEMM runs in bfloat16, so this path is the more exact of the
+two.
 """
 
 from __future__ import annotations
