@@ -375,6 +375,8 @@ class _StageFit:
             else:
                 c0 = _seed(self.data, self.k, r, self.index, opts, init, self.reducer, n)
                 state = LloydState(centroids=c0.to(self.data.device))
+                if self.ckpt.path is not None:  # seeding at large k takes long: keep it
+                    self.ckpt.save(self.payload(r, state))
             desc = self.label + (f" run {r + 1}/{opts.n_init}" if opts.n_init > 1 else "")
             bar = tqdm(
                 total=opts.n_iter,
