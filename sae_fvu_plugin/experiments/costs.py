@@ -19,7 +19,6 @@ from .points import Point
 # demo`) of one model's fit; the codebook SAEs reuse the k-means fit (0 s). PCA + k-means =
 # its k-means + the PCA and projection (`_ROW_SECONDS`, by rows only).
 _FIT_SECONDS = {
-    "residual_kmeans": 15.0,
     "klines": 4.0,
     "kmeans_top1": 0.0,
     "kmeans_mp": 0.0,
@@ -33,6 +32,13 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
 _SEEDED = {"kmeans", "pca_kmeans"}
+# Residual k-means: each stage is a k-means fit at its own clusters plus ≈ 2.7 s at 16,384
+# rows of passes, statistics and the residual update, ∝ rows^1.11 (at 786,432 rows the
+# passes leave the cache). Calibrated on the demo's 2 / 8 stages of 256 / 64 clusters (7.5 /
+# 24 s) and the original scale's 4 / 8 stages of 1,024 / 512 clusters (409 / 723 s measured
+# on the AMX Xeon, 425 / 694 predicted).
+_STAGE_SECONDS = 2.7
+_STAGE_EXPONENT = 1.11
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
 # "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8;
@@ -57,12 +63,18 @@ def sae_cost(method: str, params: dict[str, Any]) -> float:
 _MEASURED_OVER_FORMULA = 9.6 / 10.35
 
 
-def fit_seconds(method: str, clusters: int, fit_tokens: int, d: int = 576) -> float:
+def fit_seconds(
+    method: str, clusters: int, fit_tokens: int, d: int = 576, stages: int = 1
+) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
     rows^``_LLOYD_EXPONENT``, plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d), plus
-    ``_ROW_SECONDS`` per 16,384 rows."""
+    ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
+    ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``)."""
     rows = fit_tokens / 16_384
+    if method == "residual_kmeans":
+        stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
+        return stages * (fit_seconds("kmeans", clusters, fit_tokens, d) + stage)
     fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
@@ -114,10 +126,12 @@ def stage_minutes(
             cost = sae_cost(p.method, p.param_dict) / sae_speedup
             sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
-            # (k-means' seeding by its own clusters; the other rates are per latent)
-            seeded = p.method in _SEEDED
-            clusters = p.param_dict.get("n_clusters", latents) if seeded else latents
-            clus += fit_seconds(p.method, clusters, cfg.fit_tokens)
+            # (k-means' seeding and residual k-means' stages by their own clusters; the
+            # other rates are per latent)
+            staged = p.method in _SEEDED or p.method == "residual_kmeans"
+            clusters = p.param_dict.get("n_clusters", latents) if staged else latents
+            stages = int(p.param_dict.get("n_stages", 1))
+            clus += fit_seconds(p.method, clusters, cfg.fit_tokens, stages=stages)
         if p.source == "real":
             ev += (
                 recon * cfg.model_metrics
