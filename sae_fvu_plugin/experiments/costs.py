@@ -36,7 +36,7 @@ _SEEDED = {"kmeans", "pca_kmeans"}
 # rows of passes, statistics and the residual update, ∝ rows^1.11 (at 786,432 rows the
 # passes leave the cache). Calibrated on the demo's 2 / 8 stages of 256 / 64 clusters (7.5 /
 # 24 s) and the original scale's 4 / 8 stages of 1,024 / 512 clusters (409 / 723 s measured
-# on the AMX Xeon, 425 / 694 predicted).
+# on the AMX Xeon, 422 / 689 predicted there).
 _STAGE_SECONDS = 2.7
 _STAGE_EXPONENT = 1.11
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
