@@ -211,6 +211,51 @@ def test_seeding_matches_sklearn_kmeans_pp_distribution():
     assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.1)
 
 
+def test_screened_seeding_distances_equal_the_float32_ones():
+    """bfloat16-screened candidate distances equal the plain float32 step's, bit for bit,
+    including rows whose current distance sits a hair above or below the candidate's
+    (where a wrong bound would keep closest_n) and data far from the origin."""
+    from sae_fvu_plugin.clustering.seeding import _Screen
+
+    for offset in (0.0, 1000.0):
+        s = blobs(n=4000, d=48, k=40, offset=offset, seed=3).float()
+        sq = s.square().sum(1)
+        screen = _Screen(s, sq, torch.bfloat16)
+        g = torch.Generator().manual_seed(0)
+        for trial in range(6):
+            idx = torch.randint(0, len(s), (9,), generator=g)
+            plain = (s @ s[idx].T).mul_(-2).add_(sq[:, None]).add_(sq[idx]).clamp_(min=0)
+            if trial < 3:  # near ties with candidate 0: one ulp-scale step either side
+                rel = torch.where(torch.arange(len(s)) % 2 == 0, 1 + 1e-6, 1 - 1e-6)
+                closest = plain[:, 0] * rel
+            else:  # a mid-seeding state: the distance to 30 random rows
+                far = torch.randint(0, len(s), (30,), generator=g)
+                d30 = (s @ s[far].T).mul_(-2).add_(sq[:, None]).add_(sq[far]).clamp_(min=0)
+                closest = d30.min(1).values
+            want = torch.minimum(plain, closest[:, None])
+            before = screen.rescored
+            assert torch.equal(screen.distances(idx, closest), want)
+            share = (screen.rescored - before) / len(s)
+            if trial < 3:
+                assert share == 1.0  # every row is a near tie: all are rescored
+            elif offset == 0:
+                assert share < 0.4  # centred, most rows are screened out (gather path)
+            # far from the origin the bound (∝ ‖p‖ ‖c‖) keeps more rows: still the answer
+
+
+def test_screened_seeding_chooses_the_same_centres():
+    from sae_fvu_plugin.clustering.seeding import _generator, greedy_kmeans_pp
+
+    x = blobs(n=6000, d=32, k=60, offset=0.0, seed=5)
+    x[:5] *= 40  # a few massive rows, as at layer 15
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    plain = greedy_kmeans_pp(x, 200, _generator(7), weights=w, dtype=torch.float32)
+    screened = greedy_kmeans_pp(
+        x, 200, _generator(7), weights=w, dtype=torch.float32, score_dtype=torch.bfloat16
+    )
+    assert torch.equal(plain, screened)
+
+
 # ---------------------------------------------------------------------- options
 
 

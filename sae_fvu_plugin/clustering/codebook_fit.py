@@ -500,6 +500,7 @@ def _seed(
             oversampling=options.oversampling,
             n_local_trials=options.local_trials(k),
             dtype=data.dtype,
+            score_dtype=data.score_dtype,
         )
     elif init == "k-means++" and options.init_sampling == "importance":
         rows, weights = importance_sample(
@@ -513,6 +514,7 @@ def _seed(
                 options.local_trials(k),
                 weights=weights,
                 dtype=data.dtype,
+                score_dtype=data.score_dtype,
             )
         else:
             out = _uniform_seed(data, k, seed, options, reducer, n, init)
@@ -532,5 +534,10 @@ def _uniform_seed(
     if init == "random":
         return random_rows(sample, k)
     return greedy_kmeans_pp(
-        sample.to(data.device), k, _generator(seed, 1), options.local_trials(k), dtype=data.dtype
+        sample.to(data.device),
+        k,
+        _generator(seed, 1),
+        options.local_trials(k),
+        dtype=data.dtype,
+        score_dtype=data.score_dtype,
     )

@@ -22,6 +22,7 @@ import torch
 from ..kmeans_options import KMeansOptions
 from ..provenance import Provenance
 from ..validate import check_int
+from .precision import resolve_score_dtype
 from .reduce import current_reducer
 from .seeding import _generator, greedy_kmeans_pp, uniform_sample
 from .source import ActivationSource, data_stats, sub_rows
@@ -140,7 +141,12 @@ def _initial_lines(
             batches, opts.sample_size(stats.n, k), opts.seed, reducer, stats.row_offset
         )
         u = greedy_kmeans_pp(
-            sample.to(device), k, _generator(opts.seed, 1), opts.local_trials(k), dtype=dtype
+            sample.to(device),
+            k,
+            _generator(opts.seed, 1),
+            opts.local_trials(k),
+            dtype=dtype,
+            score_dtype=resolve_score_dtype(opts.compute_dtype, device),
         )
         u = reducer.broadcast(u.cpu()).to(device)
     return u / u.norm(dim=1, keepdim=True).clamp(min=1e-30)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .precision import accumulation_roundoff, unit_roundoff
 from .reduce import LocalReducer
 from .seeding import _generator
 from .source import sub_rows
@@ -70,38 +71,6 @@ class LloydState:
 
 _CANDIDATES = 8  # scores kept per row; rows with more candidates are rescored a level up
 _DEMOTE_SHARE = 0.25  # a chunk escalating more rows than this: go up a precision for good
-
-
-def unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
-    """The unit roundoff u of a matmul's inputs and output in ``dtype`` on ``device``: 2⁻⁸
-    for bfloat16, 2⁻¹¹ for float16, 2⁻²⁴ for float32 (2⁻¹¹ when torch may run float32
-    matmuls as TF32 / bfloat16: ``torch.get_float32_matmul_precision() != "highest"`` or,
-    on CUDA, ``torch.backends.cuda.matmul.allow_tf32``), 2⁻⁵³ for float64."""
-    if dtype == torch.float32:
-        cuda = torch.device(device).type == "cuda"
-        fast = torch.get_float32_matmul_precision() != "highest" or (
-            cuda and torch.backends.cuda.matmul.allow_tf32
-        )
-        return 2.0**-8 if fast else 2.0**-24
-    return float(torch.finfo(dtype).eps) / 2
-
-
-def accumulation_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
-    """Unit roundoff of a matmul's accumulator: float32 for the half types (2⁻²⁴; on CUDA
-    2⁻⁸ when ``allow_bf16/fp16_reduced_precision_reduction`` lets cuBLAS reduce in the
-    half type), else the dtype's own."""
-    if dtype in (torch.bfloat16, torch.float16):
-        if torch.device(device).type == "cuda":
-            m = torch.backends.cuda.matmul
-            reduced = (
-                m.allow_bf16_reduced_precision_reduction
-                if dtype == torch.bfloat16
-                else m.allow_fp16_reduced_precision_reduction
-            )
-            if reduced:
-                return unit_roundoff(dtype)
-        return 2.0**-24
-    return unit_roundoff(dtype, device)
 
 
 class Assigner:

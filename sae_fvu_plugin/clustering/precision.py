@@ -26,6 +26,38 @@ _NAMED = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch
 _SEEN: dict[str, dict[str, Any]] = {}
 
 
+def unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """The unit roundoff u of a matmul's inputs and output in ``dtype`` on ``device``: 2⁻⁸
+    for bfloat16, 2⁻¹¹ for float16, 2⁻²⁴ for float32 (2⁻¹¹ when torch may run float32
+    matmuls as TF32 / bfloat16: ``torch.get_float32_matmul_precision() != "highest"`` or,
+    on CUDA, ``torch.backends.cuda.matmul.allow_tf32``), 2⁻⁵³ for float64."""
+    if dtype == torch.float32:
+        cuda = torch.device(device).type == "cuda"
+        fast = torch.get_float32_matmul_precision() != "highest" or (
+            cuda and torch.backends.cuda.matmul.allow_tf32
+        )
+        return 2.0**-8 if fast else 2.0**-24
+    return float(torch.finfo(dtype).eps) / 2
+
+
+def accumulation_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """Unit roundoff of a matmul's accumulator: float32 for the half types (2⁻²⁴; on CUDA
+    2⁻⁸ when ``allow_bf16/fp16_reduced_precision_reduction`` lets cuBLAS reduce in the
+    half type), else the dtype's own."""
+    if dtype in (torch.bfloat16, torch.float16):
+        if torch.device(device).type == "cuda":
+            m = torch.backends.cuda.matmul
+            reduced = (
+                m.allow_bf16_reduced_precision_reduction
+                if dtype == torch.bfloat16
+                else m.allow_fp16_reduced_precision_reduction
+            )
+            if reduced:
+                return unit_roundoff(dtype)
+        return 2.0**-24
+    return unit_roundoff(dtype, device)
+
+
 def resolve_score_dtype(name: str, device: torch.device | str) -> torch.dtype:
     """The score dtype for ``compute_dtype`` ``name`` on ``device`` ("auto": calibrated)."""
     if name in _NAMED:
