@@ -629,7 +629,9 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
         if (p.method, p.layer, p.source, json.dumps(p.param_dict, sort_keys=True)) not in done
     ]
     machine = result.get("machine", {})
-    minutes = stage_minutes(cfg, todo, (), machine.get("sae_speedup", 1.0))
+    minutes = stage_minutes(
+        cfg, todo, (), machine.get("sae_speedup", 1.0), machine.get("seed_speedup", 1.0)
+    )
     return len(points(cfg)), todo, sum(minutes.values()) * machine.get("factor", 1.0) / 60
 
 

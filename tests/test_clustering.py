@@ -212,13 +212,13 @@ def test_seeding_matches_sklearn_kmeans_pp_distribution():
 
 
 def test_screened_seeding_distances_equal_the_float32_ones():
-    """bfloat16-screened candidate distances equal the plain float32 step's, bit for bit,
-    including rows whose current distance sits a hair above or below the candidate's
-    (where a wrong bound would keep closest_n) and data far from the origin."""
+    """The bfloat16 screen keeps every row a candidate is nearer to (including rows whose
+    current distance sits a hair above or below the candidate's, where a wrong bound would
+    drop them) and gives those rows the plain float32 step's distances, bit for bit."""
     from sae_fvu_plugin.clustering.seeding import _Screen
 
     for offset in (0.0, 1000.0):
-        s = blobs(n=4000, d=48, k=40, offset=offset, seed=3).float()
+        s = blobs(n=4000, d=48, k=100, offset=offset, seed=3).float()
         sq = s.square().sum(1)
         screen = _Screen(s, sq, torch.bfloat16)
         g = torch.Generator().manual_seed(0)
@@ -228,18 +228,21 @@ def test_screened_seeding_distances_equal_the_float32_ones():
             if trial < 3:  # near ties with candidate 0: one ulp-scale step either side
                 rel = torch.where(torch.arange(len(s)) % 2 == 0, 1 + 1e-6, 1 - 1e-6)
                 closest = plain[:, 0] * rel
-            else:  # a mid-seeding state: the distance to 30 random rows
-                far = torch.randint(0, len(s), (30,), generator=g)
-                d30 = (s @ s[far].T).mul_(-2).add_(sq[:, None]).add_(sq[far]).clamp_(min=0)
-                closest = d30.min(1).values
+            else:  # a mid-seeding state: the distance to 400 random rows
+                far = torch.randint(0, len(s), (400,), generator=g)
+                dfar = (s @ s[far].T).mul_(-2).add_(sq[:, None]).add_(sq[far]).clamp_(min=0)
+                closest = dfar.min(1).values
             want = torch.minimum(plain, closest[:, None])
-            before = screen.rescored
-            assert torch.equal(screen.distances(idx, closest), want)
-            share = (screen.rescored - before) / len(s)
+            rows, near = screen.near(idx, closest)
+            assert torch.equal(near, want[rows])
+            dropped = torch.ones(len(s), dtype=torch.bool)
+            dropped[rows] = False
+            assert torch.equal(want[dropped], closest[dropped, None].expand(-1, 9))
+            share = len(rows) / len(s)
             if trial < 3:
-                assert share == 1.0  # every row is a near tie: all are rescored
+                assert share == 1.0  # every row is a near tie: none may be dropped
             elif offset == 0:
-                assert share < 0.4  # centred, most rows are screened out (gather path)
+                assert 0 < share < 0.4  # centred, most rows are screened out (gathered)
             # far from the origin the bound (∝ ‖p‖ ‖c‖) keeps more rows: still the answer
 
 

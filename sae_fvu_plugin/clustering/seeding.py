@@ -126,41 +126,53 @@ _GATHER_SHARE = 0.4  # above this share of unsure rows a step rescores all rows 
 
 
 class _Screen:
-    """Candidate distances of a greedy k-means++ step, screened in a low score precision
-    and equal to the plain ones.
+    """The rows a greedy k-means++ step's candidates may be nearer to, screened by one
+    low-precision product with a certified bound; only those rows are scored exactly.
 
-    A step needs D_nj = min(d32(p_n, c_j), closest_n) for every row n and candidate j,
-    where d32 = ‖p‖² + ‖c‖² − 2 p·c is the expansion in the data precision (float32). On
-    late steps the candidates are far from almost every row, so D_nj = closest_n. The
-    product P ≈ p·c is taken in ``score_dtype`` (bfloat16: 3–4× faster here, the rows
-    read at half the bytes), with |P − p·c| ≤ β ‖p‖ ‖c‖, β = 1.25 (3u + γ) (inputs
-    rounded: 2u + u²; accumulation γ = d u_acc; output rounding u; by Cauchy–Schwarz),
-    and the lower bound
+    A step needs, for every candidate j, the potential Σ_n w_n min(d32(p_n, c_j),
+    closest_n), with d32 = ‖p‖² + ‖c‖² − 2 p·c the expansion in the data precision
+    (float32). Late in a seeding almost every row is farther from every candidate than
+    from its chosen centre, so its term is w_n closest_n whatever the candidate. The
+    screen takes Assigner's certified lower bound (:class:`.lloyd.Assigner`) in
+    ``score_dtype`` (bfloat16: the rows read at half the bytes, on AMX ~6× the float32
+    product) as one matmul with two extra columns,
 
-        L_nj = (1 − 2s) (‖p_n‖² + ‖c_j‖²) − 2 P_nj − 2 β ‖p_n‖ ‖c_j‖ ≤ d32(p_n, c_j),
+        V_nj = [p_n, ‖p_n‖, 1] · [−2 c_j, −κ₁ ‖c_j‖, (1 − κ₂ − 2s) ‖c_j‖²]ᵀ ≤ ‖c_j‖² − 2 p_n·c_j,
 
-    s = 4 (d + 2) u_data covering the data precision's own rounding (of d32, of the norms)
-    since (‖p‖ + ‖c‖)² ≤ 2 (‖p‖² + ‖c‖²). Where L_nj ≥ closest_n for every j the row's
-    D_n· = closest_n exactly; the other rows ("unsure", 0.2–0.5 % of the rows late in a
-    16,384-centre seeding on SmolLM2 activations, 5–15 % in its first steps) get d32 from
-    the same float32 product as the plain step, on their rows only — bit for bit the
-    same where the BLAS computes a subset of rows as it computes them all (MKL and
-    OpenBLAS do; a test compares the two paths); a step with over ``_GATHER_SHARE`` of
-    its rows unsure rescores all of them in place. When the rescored share stays above
-    ``_SCREEN_OFF_SHARE`` (data with no structure at this scale) the screen turns off.
+    κ₁ = 1.25 (8u + 2γ), κ₂ = 4u as there, and s = 4 (d + 2) u_data covering the data
+    precision's rounding of d32 and of the norms ((‖p‖ + ‖c‖)² ≤ 2 (‖p‖² + ‖c‖²)). A row
+    with V_nj ≥ closest_n − (1 − 2s) ‖p_n‖² for every candidate has d32 ≥ closest_n for
+    all of them; the others ("unsure": ~1 % of the rows over a whole 4,096-centre seeding
+    on SmolLM2 activations, more in the first steps) are scored by the plain step's own
+    float32 product on their rows only — the same values bit for bit where the BLAS
+    computes a subset of rows as it computes them all (MKL and OpenBLAS do; a test
+    compares the two paths). The step's potentials are then Σ_n w_n closest_n (the last
+    entry of the step's cumulative sum) plus the unsure rows' changes: the plain sums in
+    another order, so the same centres unless two candidates' potentials agree to ~1e-13
+    (a test compares the centres). A step with over ``_GATHER_SHARE`` of its rows unsure
+    scores all of them; when the unsure share stays above ``_SCREEN_OFF_SHARE`` (data with
+    no structure at this scale, or far from the origin) the screen turns off.
     """
 
     def __init__(self, s: torch.Tensor, sq: torch.Tensor, score_dtype: torch.dtype) -> None:
         dev, d = s.device, s.shape[1]
         self.s, self.sq = s, sq
-        self.low = s.to(score_dtype)
         self.norm = sq.sqrt()
         u = unit_roundoff(score_dtype, dev)
-        gamma = d * accumulation_roundoff(score_dtype, dev)
-        self.beta2 = 2 * 1.25 * (3 * u + gamma)
+        gamma = (d + 1) * accumulation_roundoff(score_dtype, dev)
+        gamma /= max(1.0 - gamma, 1e-3)
+        self.k1, k2 = 1.25 * (8 * u + 2 * gamma), 4 * u
         slack = 4 * (d + 2) * unit_roundoff(s.dtype, dev)
-        self.sq_low = (1 - 2 * slack) * sq
-        self.share = 0.0  # moving average of the rescored share of rows
+        # [p, ‖p‖, 1] padded to a multiple of 32 columns (the bias rides on the ones: one
+        # plain product, as fast as the unpadded one on AMX; 577 columns cost ~40 % more)
+        self.width = d + 2 + (-(d + 2)) % 32
+        self.aug = torch.zeros(s.shape[0], self.width, dtype=score_dtype, device=dev)
+        self.aug[:, :d] = s
+        self.aug[:, d] = self.norm
+        self.aug[:, d + 1] = 1.0
+        self.bias = (1 - k2 - 2 * slack) * sq
+        self.keep = (1 - 2 * slack) * sq
+        self.share = 0.0  # moving average of the unsure share of rows
         self.rescored = 0
         self.scored = 0
 
@@ -175,36 +187,30 @@ class _Screen:
     def on(self) -> bool:
         return self.share <= _SCREEN_OFF_SHARE
 
-    def _plain(
-        self,
-        idx: torch.Tensor,
-        rows: torch.Tensor | slice,
-        closest: torch.Tensor,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """min(d32, closest) for ``rows``, computed as the plain step computes it."""
-        d32 = torch.matmul(self.s[rows], self.s[idx].T, out=out)
-        d32.mul_(-2).add_(self.sq[rows, None]).add_(self.sq[idx]).clamp_(min=0)
-        return torch.minimum(d32, closest[rows, None], out=d32)
-
-    def distances(self, idx: torch.Tensor, closest: torch.Tensor) -> torch.Tensor:
-        """(m, len(idx)) min(d32(p_n, p_idx), closest_n), as the plain step computes it."""
-        cn = self.norm[idx]
-        low = (self.low @ self.low[idx].T).to(self.s.dtype)
-        low.mul_(-2).add_(self.sq_low[:, None]).add_(self.sq_low[idx])
-        low.addcmul_(self.norm[:, None], self.beta2 * cn[None, :], value=-1)
-        unsure = (low < closest[:, None]).any(1).nonzero().flatten()
+    def near(self, idx: torch.Tensor, closest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, D): the rows a candidate ``idx`` may be nearer to than ``closest``, and
+        their min(d32(p_n, p_idx), closest_n) (len(rows), len(idx)) as the plain step
+        computes it; every other row's is closest_n for every candidate."""
+        d = self.s.shape[1]
+        c = torch.zeros(self.width, len(idx), dtype=self.s.dtype, device=self.s.device)
+        c[:d] = -2 * self.s[idx].T
+        c[d] = -self.k1 * self.norm[idx]
+        c[d + 1] = self.bias[idx]
+        v = self.aug @ c.to(self.aug.dtype)
         m = self.s.shape[0]
-        if len(unsure) > _GATHER_SHARE * m:  # gathering them would cost more: all rows
-            out = self._plain(idx, slice(None), closest, out=low)
-        else:
-            out = low.copy_(closest[:, None].expand_as(low))
-            if len(unsure):
-                out[unsure] = self._plain(idx, unsure, closest)
-        self.rescored += len(unsure)
+        rows = (v < (closest - self.keep)[:, None]).any(1).nonzero().flatten()
+        self.rescored += len(rows)
         self.scored += m
-        self.share = 0.9 * self.share + 0.1 * len(unsure) / max(m, 1)
-        return out
+        self.share = 0.9 * self.share + 0.1 * len(rows) / max(m, 1)
+        if len(rows) > _GATHER_SHARE * m:  # gathering them would cost more: all rows
+            rows = torch.arange(m, device=self.s.device)
+            d32 = self.s @ self.s[idx].T
+            d32.mul_(-2).add_(self.sq[:, None])
+        else:
+            d32 = self.s[rows] @ self.s[idx].T
+            d32.mul_(-2).add_(self.sq[rows, None])
+        d32.add_(self.sq[idx]).clamp_(min=0)
+        return rows, torch.minimum(d32, closest[rows, None], out=d32)
 
 
 def greedy_kmeans_pp(
@@ -225,7 +231,7 @@ def greedy_kmeans_pp(
     Distances are the expansion in ``dtype``; with a lower ``score_dtype`` (the fit's
     calibrated score precision, bfloat16 where it is fast) each step's candidate distances
     are screened in it and only rows a candidate may be nearer to are scored in ``dtype``
-    (:class:`_Screen`): the same centres, ~3× faster a step late in a large seeding.
+    (:class:`_Screen`): the same centres, several times faster in a large seeding.
     ``counts``, if given, receives the screen's ``scored`` and ``rescored`` row counts.
     With fewer distinct points than k, the remaining centres are unused points in order.
     """
@@ -263,13 +269,19 @@ def greedy_kmeans_pp(
             draws = torch.rand(trials, generator=generator, dtype=torch.float64) * cum[-1]
             cand = torch.searchsorted(cum, draws).clamp_(max=m - 1)
             if screen is not None and screen.on:
-                dist = screen.distances(cand.to(dev), closest)
+                rows, near = screen.near(cand.to(dev), closest)
+                wr = w[rows]
+                change = (near * wr[:, None]).sum(0, dtype=torch.float64)
+                change -= (closest[rows] * wr).sum(dtype=torch.float64)
+                best = int(torch.argmin(float(cum[-1]) + change.cpu()))
+                closest = closest.clone()
+                closest[rows] = near[:, best]
             else:
                 dist = torch.minimum(dist_sq(cand), closest[:, None])
-            pots = (dist * w[:, None]).sum(0, dtype=torch.float64)
-            best = int(torch.argmin(pots))
+                pots = (dist * w[:, None]).sum(0, dtype=torch.float64)
+                best = int(torch.argmin(pots))
+                closest = dist[:, best].contiguous()
             nxt = int(cand[best])
-            closest = dist[:, best].contiguous()
         closest[nxt] = 0.0
         chosen.append(nxt)
         used[nxt] = True

@@ -64,22 +64,29 @@ _MEASURED_OVER_FORMULA = 9.6 / 10.35
 
 
 def fit_seconds(
-    method: str, clusters: int, fit_tokens: int, d: int = 576, stages: int = 1
+    method: str,
+    clusters: int,
+    fit_tokens: int,
+    d: int = 576,
+    stages: int = 1,
+    seed_speedup: float = 1.0,
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
-    rows^``_LLOYD_EXPONENT``, plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d), plus
-    ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
-    ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``)."""
+    rows^``_LLOYD_EXPONENT``, plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
+    ``seed_speedup``, the gain of its bfloat16 screen where the machine scores in
+    bfloat16), plus ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` ×
+    (k-means at ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``)."""
     rows = fit_tokens / 16_384
     if method == "residual_kmeans":
         stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
-        return stages * (fit_seconds("kmeans", clusters, fit_tokens, d) + stage)
+        kmeans = fit_seconds("kmeans", clusters, fit_tokens, d, seed_speedup=seed_speedup)
+        return stages * (kmeans + stage)
     fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     m = min(fit_tokens, max(32_768, 32 * clusters))
-    seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d
+    seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
     return fit * rows**_LLOYD_EXPONENT + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
@@ -88,6 +95,7 @@ def stage_minutes(
     pts: list[Point],
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
+    seed_speedup: float = 1.0,
 ) -> dict[str, float]:
     """Wall minutes per stage on 2 CPU cores for the points ``pts`` of an experiment under
     ``cfg`` (a frontier-like config), the activations of ``cached_layers`` already on disk,
@@ -97,7 +105,8 @@ def stage_minutes(
     * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
       layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
       validation rows, in one pass to the deepest layer not cached;
-    * clustering fits: :func:`fit_seconds` of each point's own latents;
+    * clustering fits: :func:`fit_seconds` of each point's own latents (its seeding ÷
+      ``seed_speedup``: :func:`.runner.this_machine`);
     * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
       (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
       sae_max_passes · train_tokens)), × d_sae / 512 × :func:`sae_cost`,
@@ -131,7 +140,9 @@ def stage_minutes(
             staged = p.method in _SEEDED or p.method == "residual_kmeans"
             clusters = p.param_dict.get("n_clusters", latents) if staged else latents
             stages = int(p.param_dict.get("n_stages", 1))
-            clus += fit_seconds(p.method, clusters, cfg.fit_tokens, stages=stages)
+            clus += fit_seconds(
+                p.method, clusters, cfg.fit_tokens, stages=stages, seed_speedup=seed_speedup
+            )
         if p.source == "real":
             ev += (
                 recon * cfg.model_metrics

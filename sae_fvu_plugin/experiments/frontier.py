@@ -85,10 +85,11 @@ def stage_minutes(
     todo: list[Point] | None = None,
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
+    seed_speedup: float = 1.0,
 ) -> dict[str, float]:
     """Wall minutes per stage of ``todo`` (default: every point; :func:`.costs.stage_minutes`)."""
     pts = points(cfg) if todo is None else todo
-    return costs.stage_minutes(cfg, pts, cached_layers, sae_speedup)
+    return costs.stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup)
 
 
 def estimate_minutes(
@@ -96,9 +97,10 @@ def estimate_minutes(
     todo: list[Point] | None = None,
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
+    seed_speedup: float = 1.0,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup).values())
+    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup).values())
 
 
 def describe(cfg: FrontierConfig, pts: list[Point]) -> str:

@@ -79,11 +79,12 @@ def stage_minutes(
     todo: list[Point] | None = None,
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
+    seed_speedup: float = 1.0,
 ) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
     by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
     pts = points(cfg) if todo is None else todo
-    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup)
+    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup)
 
 
 def estimate_minutes(
@@ -91,9 +92,10 @@ def estimate_minutes(
     todo: list[Point] | None = None,
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
+    seed_speedup: float = 1.0,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup).values())
+    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup).values())
 
 
 def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:

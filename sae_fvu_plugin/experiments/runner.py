@@ -96,9 +96,10 @@ class ExperimentSpec:
     """What one experiment is; :func:`run_experiment` runs any of them.
 
     * ``points(cfg)``: its models; ``describe(cfg, points)``: one line saying what runs;
-      ``estimate_minutes(cfg, todo, cached_layers, sae_speedup)``: the wall minutes of the
-      points not yet cached, the activations of ``cached_layers`` already on disk, SAE
-      training ``sae_speedup`` times faster than float32;
+      ``estimate_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup)``: the wall
+      minutes of the points not yet cached, the activations of ``cached_layers`` already
+      on disk, SAE training ``sae_speedup`` and large k-means++ seedings ``seed_speedup``
+      times faster than float32;
     * ``prepare(exp)``: context computed once before the points (default: none);
       ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
       held-out tokens, the Gaussian control directly);
@@ -110,7 +111,7 @@ class ExperimentSpec:
     name: str
     points: Callable[[Any], list[Point]]
     describe: Callable[[Any, list[Point]], str]
-    estimate_minutes: Callable[..., float]  # (cfg, todo, cached_layers, sae_speedup) -> min
+    estimate_minutes: Callable[..., float]  # (cfg, todo, cached, sae_speedup, seed_speedup)
     summarize: Callable[[Rows, dict[str, Any]], dict[str, Any]]
     report: Callable[[Rows, dict[str, Any]], str]
     plots: Callable[[Rows, dict[str, Any], Path, Any], list[str]]
@@ -154,18 +155,20 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         else _recorded_machine(out / "results.json", exp.inputs.device)
     )
     factor, speedup = machine["factor"], machine.get("sae_speedup", 1.0)
+    seed = machine.get("seed_speedup", 1.0)
+    minutes = spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers(), speedup, seed)
     status = (
         "everything is cached: printing the results"
         if not todo
-        else "estimated "
-        f"{spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers(), speedup) * factor:.1f}"
-        f" min ({len(pts) - len(todo)} of {len(pts)} models cached; rates of 2 AMD EPYC "
-        f"cores scaled ×{factor:.2f} by a matmul timing of this machine"
+        else f"estimated {minutes * factor:.1f} min ({len(pts) - len(todo)} of {len(pts)} "
+        f"models cached; rates of 2 AMD EPYC cores scaled ×{factor:.2f} by a matmul timing "
+        "of this machine"
         + (
             f", SAE training ÷{speedup:.2f} by its bfloat16-autocast timing"
             if speedup != 1.0
             else ""
         )
+        + (f", large seedings ÷{seed:.2f} by its bfloat16 gain" if seed != 1.0 else "")
         + ")"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)
@@ -214,7 +217,9 @@ def machine_factor() -> float:
 def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any]:
     """What computed a run's rows: the device (CPU model and threads, or GPU; torch), its
     :func:`machine_factor`, the k-means score calibration's bfloat16 / float32 speed ratio
-    and choice, and (an experiment that trains SAEs under ``sae_precision``) how many times
+    and choice (where it chose bfloat16, large greedy k-means++ seedings — screened in
+    bfloat16, :class:`..clustering.seeding._Screen` — are costed that many times faster:
+    ``seed_speedup``), and (an experiment that trains SAEs under ``sae_precision``) how many times
     faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
     import torch
 
@@ -226,6 +231,7 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
         "factor": machine_factor(),
         "bfloat16_gain": round(float(cal["gain"]), 3),
         "score_dtype": cal["choice"],
+        "seed_speedup": round(float(cal["gain"]), 3) if cal["choice"] == "bfloat16" else 1.0,
     }
     if sae_precision is not None:
         from .methods.saes import training_speedup
