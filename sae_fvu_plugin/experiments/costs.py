@@ -19,7 +19,7 @@ from .points import Point
 # demo`) of one model's fit; the codebook SAEs reuse the k-means fit (0 s). PCA + k-means =
 # its k-means + the PCA and projection (`_ROW_SECONDS`, by rows only).
 _FIT_SECONDS = {
-    "klines": 4.0,
+    "klines": 1.8,
     "kmeans_top1": 0.0,
     "kmeans_mp": 0.0,
 }
@@ -31,7 +31,12 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 # memory-bound once they leave the cache, ∝ k·(m − 32,768)·d (∝ k² at large k).
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
-_SEEDED = {"kmeans", "pca_kmeans"}
+_SEEDED = {"kmeans", "pca_kmeans", "klines"}
+# k-lines: the same greedy seeding (on a uniform sample of the same size) plus ~10
+# iterations whose cost grows as rows^0.58 (calibrated on the demo's 512 lines, 0.52 /
+# 0.69 s, and the original scale's 4,096 lines at 786,432 rows, 151 / 166 s, on the AMX
+# Xeon; the rate was 4.0 per latent ∝ rows, 3× over at scale).
+_KLINES_EXPONENT = 0.58
 # Residual k-means: each stage is a k-means fit at its own clusters plus ≈ 2.7 s at 16,384
 # rows of passes, statistics and the residual update, ∝ rows^1.11 (at 786,432 rows the
 # passes leave the cache). Calibrated on the demo's 2 / 8 stages of 256 / 64 clusters (7.5 /
@@ -73,7 +78,7 @@ def fit_seconds(
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
-    rows^``_LLOYD_EXPONENT``, plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
+    rows^``_LLOYD_EXPONENT``, k-lines ∝ rows^``_KLINES_EXPONENT``, each plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
     ``seed_speedup``, the gain of its bfloat16 screen where the machine scores in
     bfloat16), plus ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` ×
     (k-means at ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``)."""
@@ -87,7 +92,8 @@ def fit_seconds(
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     m = min(fit_tokens, max(32_768, 32 * clusters))
     seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
-    return fit * rows**_LLOYD_EXPONENT + seed + _ROW_SECONDS.get(method, 0.0) * rows
+    exponent = _KLINES_EXPONENT if method == "klines" else _LLOYD_EXPONENT
+    return fit * rows**exponent + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
 def stage_minutes(
