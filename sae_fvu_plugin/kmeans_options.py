@@ -58,7 +58,7 @@ class KMeansOptions:
     init_sampling: str = _opt(
         "importance",
         "how k-means++ / random seeding draws its sample: 'importance' (rows kept with "
-        "probability ∝ ½/N + ½‖z‖²/Σ‖z‖², weighted: the rare far-out rows are seen) or "
+        "probability ∝ 0.9/N + 0.1‖z‖²/Σ‖z‖², weighted: the rare far-out rows are seen) or "
         "'uniform'",
         choices=INIT_SAMPLINGS,
     )
