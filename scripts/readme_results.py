@@ -86,12 +86,25 @@ def collect(out: Path) -> None:
     write_readme()
 
 
-def collect_original(out: Path) -> None:
+def collect_original(out: Path, force: bool = False) -> None:
     """Copy ``sae-fvu reproduce``'s results (whole results.json, results.csv, pca_grid.png)
-    into docs/original-scale/, then rewrite the README's original-scale section."""
+    into docs/original-scale/, then rewrite the README's original-scale section. Refused
+    (unless ``force``) when the new results lack a model the committed ones have: a part
+    of the grid run on its own writes only its own models, and copying it would drop the
+    rest from docs/ and the README."""
     for name in ORIGINAL_FILES:
         if not (out / name).is_file():
             sys.exit(f"{out / name} is missing: run `make reproduce` (or a part of it) first")
+    if (ORIGINAL_DIR / "results.json").is_file() and not force:
+        new = {r["name"] for r in json.loads((out / "results.json").read_text())["rows"]}
+        lost = sorted({r["name"] for r in load_original()["rows"]} - new)
+        if lost:
+            sys.exit(
+                f"{out / 'results.json'} lacks {len(lost)} of the committed models "
+                f"({', '.join(lost[:4])}{', …' if len(lost) > 4 else ''}): gather every "
+                f"part first (`sae-fvu reproduce … --cached-only --import-rows "
+                f"{ORIGINAL_DIR / 'results.json'}`), or pass --force to drop them"
+            )
     ORIGINAL_DIR.mkdir(parents=True, exist_ok=True)
     for name in ORIGINAL_FILES:
         shutil.copyfile(out / name, ORIGINAL_DIR / name)
@@ -1078,6 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
         help="copy sae-fvu reproduce's results into docs/original-scale/, rewrite README",
     )
     o.add_argument("--out", default="out/reproduce", type=Path)
+    o.add_argument("--force", action="store_true", help="copy even if models would be lost")
     sub.add_parser("check", help="fail if README's Results differ from the committed results")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
@@ -1085,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         print("README.md Results regenerated from docs/clustering_sweep/ and docs/frontier/")
         return 0
     if args.cmd == "collect-original":
-        collect_original(args.out)
+        collect_original(args.out, args.force)
         print("README.md's original-scale section regenerated from docs/original-scale/")
         return 0
     if (ORIGINAL_DIR / "results.json").is_file() and current_section(

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts/readme_results.py")
@@ -209,3 +212,18 @@ def test_the_gaussian_control_is_one_clause_per_family_and_layer():
     km = next(g for g in gauss if g["method"] == "kmeans")
     assert f"k-means at layer 3: {rr.f(km['ev_fvu_a'])}" in text
     assert rr._gaussian_words([], rows) == ""
+
+
+def test_collecting_a_part_of_the_grid_cannot_drop_committed_models(tmp_path):
+    """`collect-original` after a run of one part of the grid (its results.json holds only
+    that part) is refused before anything is copied: the committed models would vanish
+    from docs/original-scale/ and the README."""
+    committed = rr.load_original()
+    part = dict(committed, rows=committed["rows"][:1])
+    (tmp_path / "results.json").write_text(json.dumps(part))
+    for name in rr.ORIGINAL_FILES[1:]:
+        (tmp_path / name).write_text("x")
+    before = (rr.ORIGINAL_DIR / "results.json").read_bytes()
+    with pytest.raises(SystemExit, match=f"lacks {len(committed['rows']) - 1} of the committed"):
+        rr.collect_original(tmp_path)
+    assert (rr.ORIGINAL_DIR / "results.json").read_bytes() == before
