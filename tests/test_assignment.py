@@ -110,3 +110,42 @@ def test_auto_precision_is_a_cached_measurement(tmp_path, monkeypatch):
         resolve_score_dtype("half", "cpu")
     with pytest.raises(ValueError, match="compute_dtype"):
         fit_kmeans(torch.randn(50, 4), 3, compute_dtype="fp8", progress=False)
+
+
+@pytest.mark.parametrize("score_dtype", DTYPES)
+def test_labels_and_bounds_hold_with_thousands_of_centroids(score_dtype):
+    """At k ≥ 4,096 the top candidates come from group minima over padded centroid groups
+    (4,200 is not a whole number of groups): the labels are still the float64 argmin,
+    rows near a tie across two groups included, and the bounds hold."""
+    from sae_fvu_plugin.clustering.lloyd import _group_size
+
+    g = torch.Generator().manual_seed(5)
+    k, d = 4200, 24
+    assert _group_size(k) and k % _group_size(k)
+    c = 50.0 + torch.randn(k, d, generator=g, dtype=torch.float64)
+    plain = c[torch.randint(k, (300,), generator=g)] + 0.3 * torch.randn(
+        300, d, generator=g, dtype=torch.float64
+    )
+    i, j = torch.randint(k, (300,), generator=g), torch.randint(k, (300,), generator=g)
+    mid = (c[i] + c[j]) / 2 + 1e-5 * torch.randn(300, d, generator=g, dtype=torch.float64)
+    x = torch.cat([plain, mid]).float()
+    dist = torch.cdist(x.double(), c, compute_mode="donot_use_mm_for_euclid_dist").square()
+    want = dist.argmin(1)
+    rows = Assigner(c, torch.float32, score_dtype).full(x)
+    assert int((rows.labels != want).sum()) == 0
+    own = dist.gather(1, want[:, None])[:, 0].sqrt()
+    others = dist.scatter(1, want[:, None], float("inf")).min(1).values.sqrt()
+    assert bool((rows.upper >= own * (1 - 1e-12)).all())
+    assert bool((rows.lower <= others * (1 + 1e-12)).all())
+
+
+def test_the_grouped_top_candidates_equal_topk():
+    from sae_fvu_plugin.clustering.lloyd import _smallest
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(300, 8192, generator=g).round(decimals=1)  # many exact ties
+    for dt in (torch.bfloat16, torch.float32):
+        v, i = _smallest(s.to(dt), 8, 128)
+        w, _ = s.to(dt).topk(8, dim=1, largest=False)
+        assert torch.equal(v, w)
+        assert torch.equal(s.to(dt).gather(1, i), v)  # the columns hold those values
