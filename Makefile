@@ -57,6 +57,7 @@ bench: bench-setup
 	$(PY) benchmarks/kmeans_quality.py
 	$(PY) benchmarks/assign.py
 	$(PY) benchmarks/sae_training.py
+	$(PY) benchmarks/seeding_screen.py
 	$(PY) benchmarks/kmeans_pruning.py
 
 schema: setup
