@@ -1,6 +1,7 @@
 """The README's "Results" section and the docs/ plots, generated from the demo's own output.
 
     python scripts/readme_results.py collect [--out out]   # after `make demo`
+    python scripts/readme_results.py render                # README from docs/ (renderer changed)
     python scripts/readme_results.py check                 # README == render(committed results)
 
 ``collect`` copies each experiment's ``out/<experiment>/results.json`` and plots into
@@ -629,6 +630,7 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
     the machine that computed ``result``) by the frontier's calibrated per-stage rates, scaled
     by that machine's recorded factor and SAE-training speedup."""
     from sae_fvu_plugin.experiments.reproduce import ReproduceConfig, points, stage_minutes
+    from sae_fvu_plugin.experiments.runner import seed_speedup
 
     c = result["config"]
     cfg = ReproduceConfig(layers=c["layers"])
@@ -642,9 +644,7 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
         if (p.method, p.layer, p.source, json.dumps(p.param_dict, sort_keys=True)) not in done
     ]
     machine = result.get("machine", {})
-    minutes = stage_minutes(
-        cfg, todo, (), machine.get("sae_speedup", 1.0), machine.get("seed_speedup", 1.0)
-    )
+    minutes = stage_minutes(cfg, todo, (), machine.get("sae_speedup", 1.0), seed_speedup(machine))
     return len(points(cfg)), todo, sum(minutes.values()) * machine.get("factor", 1.0) / 60
 
 
@@ -1092,11 +1092,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     o.add_argument("--out", default="out/reproduce", type=Path)
     o.add_argument("--force", action="store_true", help="copy even if models would be lost")
+    sub.add_parser(
+        "render", help="rewrite README's generated sections from docs/ (after a renderer change)"
+    )
     sub.add_parser("check", help="fail if README's Results differ from the committed results")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
         collect(args.out)
         print("README.md Results regenerated from docs/clustering_sweep/ and docs/frontier/")
+        return 0
+    if args.cmd == "render":
+        write_readme()
+        print("README.md's generated sections rewritten from the committed docs/ results")
         return 0
     if args.cmd == "collect-original":
         collect_original(args.out, args.force)

@@ -156,7 +156,7 @@ def test_the_machine_record_carries_the_sae_training_speedup():
     estimate's SAE stage is divided by it); float32 training is 1, an experiment without
     SAEs records none."""
     from sae_fvu_plugin.experiments.methods.saes import training_speedup
-    from sae_fvu_plugin.experiments.runner import this_machine
+    from sae_fvu_plugin.experiments.runner import seed_speedup, this_machine
 
     assert training_speedup("float32", "cpu") == 1.0
     assert this_machine("cpu", "float32")["sae_speedup"] == 1.0
@@ -164,6 +164,11 @@ def test_the_machine_record_carries_the_sae_training_speedup():
     # large seedings are costed ÷ the bfloat16 gain only where the fit scores in bfloat16
     m = this_machine("cpu")
     assert m["seed_speedup"] == (m["bfloat16_gain"] if m["score_dtype"] == "bfloat16" else 1.0)
+    assert seed_speedup(m) == m["seed_speedup"]
+    # a record written before the field: the same rule from its calibration
+    old = {"factor": 0.36, "bfloat16_gain": 2.172, "score_dtype": "bfloat16"}
+    assert seed_speedup(old) == 2.172
+    assert seed_speedup(old | {"score_dtype": "float32"}) == 1.0
     with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
         training_speedup("fp16", "cpu")
 

@@ -155,7 +155,7 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         else _recorded_machine(out / "results.json", exp.inputs.device)
     )
     factor, speedup = machine["factor"], machine.get("sae_speedup", 1.0)
-    seed = machine.get("seed_speedup", 1.0)
+    seed = seed_speedup(machine)
     minutes = spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers(), speedup, seed)
     status = (
         "everything is cached: printing the results"
@@ -238,6 +238,19 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
 
         out["sae_speedup"] = round(training_speedup(sae_precision, device), 3)
     return out
+
+
+def seed_speedup(machine: dict[str, Any]) -> float:
+    """How many times faster than float32 a machine record's large k-means++ seedings run:
+    its ``seed_speedup``, or (a record written before that field) its ``bfloat16_gain``
+    where its score calibration chose bfloat16, the rule :func:`this_machine` applies."""
+    if "seed_speedup" in machine:
+        return float(machine["seed_speedup"])
+    return (
+        float(machine.get("bfloat16_gain", 1.0))
+        if machine.get("score_dtype") == "bfloat16"
+        else 1.0
+    )
 
 
 def _recorded_machine(previous: Path, device: str) -> dict[str, Any]:
