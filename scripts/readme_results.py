@@ -841,28 +841,45 @@ def _answered(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def _imported(result: dict[str, Any]) -> str:
     """What ``--import-rows`` took from an earlier session's results.json, if anything."""
-    names = sorted(r["name"] for r in result["rows"] if r.get("imported_from"))
-    if not names:
+    rows = [r for r in result["rows"] if r.get("imported_from")]
+    if not rows:
         return ""
+    unknown = sum(not r.get("computed_on") for r in rows)
     return (
-        f"; {len(names)} of the {len(result['rows'])} models were computed in an earlier "
-        "session whose cache did not survive (on a machine its results.json does not record) "
-        "and taken from that committed file by `--import-rows`, which checks the same "
-        "settings and the same held-out contexts: " + ", ".join(f"`{n}`" for n in names)
+        f"; {len(rows)} of the {len(result['rows'])} models were computed in an earlier "
+        "session whose cache did not survive"
+        + (f" ({unknown} of them on a machine no results.json recorded)" if unknown else "")
+        + " and taken from that committed file by `--import-rows`, which checks the same "
+        "settings and the same held-out contexts: "
+        + ", ".join(f"`{n}`" for n in sorted(r["name"] for r in rows))
     )
 
 
+def _cpu_words(name: str) -> str:
+    """A device key ("cpu|AMD EPYC ×2 threads|torch …") in words: "AMD EPYC (2 threads)"."""
+    name = name.split("|")[1] if "|" in name else name
+    cpu, _, threads = name.partition(" ×")
+    return f"{cpu}{f' ({threads})' if threads else ''}"
+
+
 def _machine_words(result: dict[str, Any]) -> str:
-    """The machine that computed this run's rows, as results.json records it."""
+    """The machine that computed this run's rows, as results.json records it, and the
+    models whose rows say they were computed on another (``computed_on``)."""
     m = result.get("machine")
     if not m:
         return "2 CPU cores without bfloat16 units"
-    name = m["name"].split("|")[1] if "|" in m["name"] else m["name"]
-    cpu, _, threads = name.partition(" ×")
+    others: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        if r.get("computed_on") and r["computed_on"] != m["name"]:
+            others.setdefault(r["computed_on"], []).append(r["name"])
+    elsewhere = "; ".join(
+        f"{', '.join(f'`{n}`' for n in sorted(names))} on {_cpu_words(on)}"
+        for on, names in sorted(others.items())
+    )
     return (
-        f"{cpu}{f' ({threads})' if threads else ''}, whose calibration measured bfloat16 "
+        f"{_cpu_words(m['name'])}, whose calibration measured bfloat16 "
         f"k-means scores {m['bfloat16_gain']:.1f}× as fast as float32 and chose "
-        f"{m['score_dtype']}"
+        f"{m['score_dtype']}" + (f" (except {elsewhere})" if elsewhere else "")
     )
 
 

@@ -227,3 +227,21 @@ def test_collecting_a_part_of_the_grid_cannot_drop_committed_models(tmp_path):
     with pytest.raises(SystemExit, match=f"lacks {len(committed['rows']) - 1} of the committed"):
         rr.collect_original(tmp_path)
     assert (rr.ORIGINAL_DIR / "results.json").read_bytes() == before
+
+
+def test_rows_computed_on_another_machine_are_named_with_it():
+    """A gathered grid whose parts ran on different machines says which models were
+    computed elsewhere (their ``fit_seconds`` are that machine's), and counts imported rows
+    whose machine no results.json recorded."""
+    result = copy.deepcopy(rr.load_original())
+    main = result["machine"]["name"]
+    for r in result["rows"]:
+        r["computed_on"] = main
+    assert "except" not in rr._machine_words(result)
+    result["rows"][0]["computed_on"] = "cpu|AMD EPYC ×2 threads|torch 2.13.0+cpu"
+    said = rr._machine_words(result)
+    assert f"(except `{result['rows'][0]['name']}` on AMD EPYC (2 threads))" in said
+    result["rows"][1]["imported_from"] = "earlier.json"
+    assert "machine no results.json recorded" not in rr._imported(result)
+    del result["rows"][1]["computed_on"]
+    assert "(1 of them on a machine no results.json recorded)" in rr._imported(result)

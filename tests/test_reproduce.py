@@ -323,6 +323,12 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
 
     version = registry.get("topk").version  # raised by fixes to SAE training
     assert version > 1 and [r["method_version"] for r in written] == [1, 1, version]
+    import torch
+
+    from sae_fvu_plugin.clustering.precision import device_key
+
+    here = device_key(torch.device("cpu"))  # each row records the machine that computed it
+    assert [r["computed_on"] for r in written] == [here] * 3
     capsys.readouterr()
 
     got = run([*base, "--out", str(tmp_path / "b"), "--import-rows", str(earlier), "--cached-only"])
@@ -351,6 +357,8 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
     edited = json.loads(earlier.read_text())
     edited["rows"][0]["held_out"]["eval_contexts"][0][0] += 1
     edited["rows"][2]["method_version"] = 1  # a row of the fit before the fix
+    del edited["rows"][1]["computed_on"]  # a row written before the field: its run's machine
+    edited["machine"]["name"] = "cpu|Elsewhere ×2 threads|torch 0"
     changed = tmp_path / "edited.json"
     changed.write_text(json.dumps(edited))
     got = run([*base, "--out", str(tmp_path / "d"), "--import-rows", str(changed), "--cached-only"])
@@ -359,6 +367,12 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
     assert "L1-real-kmeans-k16: scored on other held-out contexts" in printed
     assert "L1-real-topk-d16-k1: computed under the method's version" in printed
     assert [r["method"] for r in got["rows"]] == ["kmeans_top1"]
+    assert got["rows"][0]["computed_on"] == "cpu|Elsewhere ×2 threads|torch 0"
+    from sae_fvu_plugin.experiments.row_import import _computed_on
+
+    # a row that run had itself imported: its machine is not the one that file records
+    assert _computed_on({"imported_from": "x.json"}, edited["machine"]) == {}
+    assert _computed_on({}, {}) == {}
 
     changed.write_text("{")
     assert "not a readable results.json" in refused(["--import-rows", str(changed)], "e")

@@ -14,7 +14,9 @@ would compute:
   with them the bootstrap's per-context weights, keyed by the seed and each context's
   position in eval order: paired intervals against freshly computed rows stay valid).
 
-Nothing already cached is overwritten; each imported row records ``imported_from``.
+Nothing already cached is overwritten; each imported row records ``imported_from`` and,
+where known, the machine that computed it (``computed_on``: its own, or the earlier
+results.json's ``machine`` for a row that run computed itself).
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def _differences(cfg: Any, earlier: Any) -> str:
     return ", ".join(diffs) or "the method's version"
 
 
+def _computed_on(row: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """The row's own ``computed_on``; else, for a row the earlier run computed itself (not
+    one it had imported in turn), the machine its results.json records; else nothing."""
+    if row.get("computed_on"):
+        return {"computed_on": row["computed_on"]}
+    if not row.get("imported_from") and machine.get("name"):
+        return {"computed_on": machine["name"]}
+    return {}
+
+
 def import_rows(
     path: str | Path,
     cfg: Any,
@@ -78,6 +90,7 @@ def import_rows(
     ):
         raise UsageError(f"--import-rows {path}: 'rows' must be a list of named rows.")
     earlier = _earlier_config(cfg, raw_cfg, path)
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in raw_rows:
         by_name.setdefault(r["name"], []).append(r)
@@ -102,7 +115,7 @@ def import_rows(
         ):
             refused.append(f"{point.name}: scored on other held-out contexts")
         else:
-            rows = [{**r, "imported_from": str(path)} for r in rows]
+            rows = [{**r, "imported_from": str(path), **_computed_on(r, machine)} for r in rows]
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp")
             tmp.write_text(json.dumps(rows))

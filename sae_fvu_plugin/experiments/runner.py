@@ -65,13 +65,23 @@ class Experiment:
         return self._rows_path(point).is_file()
 
     def rows_for(self, point: Point, evaluate: Callable[[Any, Point], Rows]) -> Rows:
-        """The rows of a point: cached, or fitted and evaluated now (written atomically)."""
+        """The rows of a point: cached, or fitted and evaluated now (written atomically;
+        each records the machine that computed it, ``computed_on``: a grid's parts may run
+        on different machines, and its ``fit_seconds`` are that machine's)."""
+        import torch
+
+        from ..clustering.precision import device_key
+
         path = self._rows_path(point)
         # the key encodes the method's version (when ≠ 1), so a cached row is of this one
         version = registry.get(point.method).version
         if path.is_file():
             return [{**r, "method_version": version} for r in json.loads(path.read_text())]
-        rows = [{**r, "method_version": version} for r in evaluate(self.fitted(point), point)]
+        here = device_key(torch.device(self.inputs.device))
+        rows = [
+            {**r, "method_version": version, "computed_on": here}
+            for r in evaluate(self.fitted(point), point)
+        ]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, default=float))
