@@ -44,6 +44,12 @@ _KLINES_EXPONENT = 0.58
 # on the AMX Xeon, 422 / 689 predicted there).
 _STAGE_SECONDS = 2.7
 _STAGE_EXPONENT = 1.11
+# The Gaussian control's k-means Lloyd iterations: unclustered data leaves Hamerly's bound
+# nothing to prune, so each iteration rescores every row where real activations skip a
+# third to a half; no difference at the demo's 16,384 rows, ×2.3 at 786,432 (layer 15 on
+# the AMD EPYC: 1,152 s against the real rows' 740 s, the seeding ≈ 290 s of both),
+# ∝ (rows / 16,384)^0.215 between.
+_GAUSSIAN_LLOYD_EXPONENT = 0.215
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
 # "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8;
@@ -75,25 +81,33 @@ def fit_seconds(
     d: int = 576,
     stages: int = 1,
     seed_speedup: float = 1.0,
+    gaussian: bool = False,
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
     rows^``_LLOYD_EXPONENT``, k-lines ∝ rows^``_KLINES_EXPONENT``, each plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
     ``seed_speedup``, the gain of its bfloat16 screen where the machine scores in
     bfloat16), plus ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` ×
-    (k-means at ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``)."""
+    (k-means at ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the
+    ``gaussian`` control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT``
+    more (nothing for Hamerly's bound to prune)."""
     rows = fit_tokens / 16_384
     if method == "residual_kmeans":
         stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
-        kmeans = fit_seconds("kmeans", clusters, fit_tokens, d, seed_speedup=seed_speedup)
+        kmeans = fit_seconds(
+            "kmeans", clusters, fit_tokens, d, seed_speedup=seed_speedup, gaussian=gaussian
+        )
         return stages * (kmeans + stage)
     fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     m = min(fit_tokens, max(32_768, 32 * clusters))
     seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
-    exponent = _KLINES_EXPONENT if method == "klines" else _LLOYD_EXPONENT
-    return fit * rows**exponent + seed + _ROW_SECONDS.get(method, 0.0) * rows
+    if method == "klines":
+        lloyd = fit * rows**_KLINES_EXPONENT
+    else:
+        lloyd = fit * rows**_LLOYD_EXPONENT * (rows**_GAUSSIAN_LLOYD_EXPONENT if gaussian else 1.0)
+    return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
 def stage_minutes(
@@ -112,7 +126,8 @@ def stage_minutes(
       layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
       validation rows, in one pass to the deepest layer not cached;
     * clustering fits: :func:`fit_seconds` of each point's own latents (its seeding ÷
-      ``seed_speedup``: :func:`.runner.this_machine`);
+      ``seed_speedup``: :func:`.runner.this_machine`; the Gaussian control's k-means
+      iterations slower at scale);
     * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
       (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
       sae_max_passes · train_tokens)), × d_sae / 512 × :func:`sae_cost`,
@@ -147,7 +162,12 @@ def stage_minutes(
             clusters = p.param_dict.get("n_clusters", latents) if staged else latents
             stages = int(p.param_dict.get("n_stages", 1))
             clus += fit_seconds(
-                p.method, clusters, cfg.fit_tokens, stages=stages, seed_speedup=seed_speedup
+                p.method,
+                clusters,
+                cfg.fit_tokens,
+                stages=stages,
+                seed_speedup=seed_speedup,
+                gaussian=p.source == "gaussian",
             )
         if p.source == "real":
             ev += (
