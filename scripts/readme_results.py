@@ -850,9 +850,16 @@ def _imported(result: dict[str, Any]) -> str:
         "session whose cache did not survive"
         + (f" ({unknown} of them on a machine no results.json recorded)" if unknown else "")
         + " and taken from that committed file by `--import-rows`, which checks the same "
-        "settings and the same held-out contexts: "
-        + ", ".join(f"`{n}`" for n in sorted(r["name"] for r in rows))
+        "settings and the same held-out contexts"
+        + _names(sorted(r["name"] for r in rows), "imported_from")
     )
+
+
+def _names(names: list[str], field: str) -> str:
+    """ ": `a`, `b`" for a few models; for many, where results.json says which."""
+    if len(names) <= 6:
+        return ": " + ", ".join(f"`{n}`" for n in names)
+    return f" (each row's `{field}` in results.json)"
 
 
 def _cpu_words(name: str) -> str:
@@ -873,7 +880,8 @@ def _machine_words(result: dict[str, Any]) -> str:
         if r.get("computed_on") and r["computed_on"] != m["name"]:
             others.setdefault(r["computed_on"], []).append(r["name"])
     elsewhere = "; ".join(
-        f"{', '.join(f'`{n}`' for n in sorted(names))} on {_cpu_words(on)}"
+        f"{len(names)} model{'s' if len(names) > 1 else ''} computed on {_cpu_words(on)}"
+        + _names(sorted(names), "computed_on")
         for on, names in sorted(others.items())
     )
     return (

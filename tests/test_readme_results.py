@@ -240,7 +240,13 @@ def test_rows_computed_on_another_machine_are_named_with_it():
     assert "except" not in rr._machine_words(result)
     result["rows"][0]["computed_on"] = "cpu|AMD EPYC ×2 threads|torch 2.13.0+cpu"
     said = rr._machine_words(result)
-    assert f"(except `{result['rows'][0]['name']}` on AMD EPYC (2 threads))" in said
+    assert (
+        f"(except 1 model computed on AMD EPYC (2 threads): `{result['rows'][0]['name']}`)" in said
+    )
+    for r in result["rows"][:9]:
+        r["computed_on"] = "cpu|AMD EPYC ×2 threads|torch 2.13.0+cpu"
+    said = rr._machine_words(result)
+    assert "(except 9 models computed on AMD EPYC (2 threads) (each row's `computed_on`" in said
     result["rows"][1]["imported_from"] = "earlier.json"
     assert "machine no results.json recorded" not in rr._imported(result)
     del result["rows"][1]["computed_on"]
