@@ -241,8 +241,8 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
         "factor": machine_factor(),
         "bfloat16_gain": round(float(cal["gain"]), 3),
         "score_dtype": cal["choice"],
-        "seed_speedup": round(float(cal["gain"]), 3) if cal["choice"] == "bfloat16" else 1.0,
     }
+    out["seed_speedup"] = seed_speedup(out)  # the bfloat16 gain where it scores in bfloat16
     if sae_precision is not None:
         from .methods.saes import training_speedup
 
@@ -252,8 +252,9 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
 
 def seed_speedup(machine: dict[str, Any]) -> float:
     """How many times faster than float32 a machine record's large k-means++ seedings run:
-    its ``seed_speedup``, or (a record written before that field) its ``bfloat16_gain``
-    where its score calibration chose bfloat16, the rule :func:`this_machine` applies."""
+    its ``seed_speedup``, else its ``bfloat16_gain`` where its score calibration chose
+    bfloat16 (how :func:`this_machine` sets the field, and how a record written before the
+    field is read)."""
     if "seed_speedup" in machine:
         return float(machine["seed_speedup"])
     return (
