@@ -168,6 +168,50 @@ def test_klines_is_costed_by_its_seeding_and_iterations():
     )
 
 
+def test_a_codebook_method_is_costed_with_the_kmeans_fit_it_starts_from(tmp_path):
+    """A top-1 SAE on the centroids reuses k-means' fit: costed 0 s when that fit is cached,
+    the k-means fit's seconds (and no second evaluation) when it is not — the runner finds
+    those fits (``Fits.base_fits``: not cached, not among the points already costed); and
+    matching pursuit's evaluation scores the codebook once per step."""
+    from types import SimpleNamespace
+
+    from sae_fvu_plugin.experiments.fitting import Fits
+
+    cfg = ReproduceConfig(out=str(tmp_path))
+    pts = points(cfg)
+    top1 = next(
+        p
+        for p in pts
+        if p.method == "kmeans_top1" and p.source == "real" and p.param_dict["n_clusters"] > 4096
+    )
+    mp = [p for p in pts if p.method == "kmeans_mp" and p.source == "real" and p.layer == 3]
+    km = top1.sibling("kmeans", n_clusters=top1.param_dict["n_clusters"])
+    init = next(p for p in pts if p.method == "topk_kmeans_init" and p.source == "gaussian")
+    init_km = init.sibling("kmeans", n_clusters=init.param_dict["d_sae"])
+
+    fits = Fits(SimpleNamespace(cfg=cfg, out=tmp_path))  # type: ignore[arg-type]
+    # each base once, in order
+    assert fits.base_fits([top1, *mp]) == [km, mp[0].sibling("kmeans", n_clusters=4096)]
+    assert fits.base_fits([km, top1]) == []  # costed as a point already
+    assert fits.base_fits([init]) == [init_km]
+    cached = tmp_path / "saes" / f"{km.name}-{fits.key(km)}"
+    cached.mkdir(parents=True)
+    (cached / "cfg.json").write_text("{}")
+    assert fits.base_fits([top1]) == []
+
+    alone = stage_minutes(cfg, [top1], cfg.layers)
+    with_base = stage_minutes(cfg, [top1], cfg.layers, base_fits=[km])
+    assert alone["clustering fits"] == 0
+    assert with_base["clustering fits"] == pytest.approx(
+        stage_minutes(cfg, [km], cfg.layers)["clustering fits"]
+    )
+    assert with_base["evaluations"] == alone["evaluations"]
+    by_steps = {p.param_dict["steps"]: stage_minutes(cfg, [p], cfg.layers) for p in mp}
+    step = (by_steps[4]["evaluations"] - by_steps[2]["evaluations"]) / 2
+    assert step > 0
+    assert by_steps[8]["evaluations"] - by_steps[2]["evaluations"] == pytest.approx(6 * step)
+
+
 def test_the_machine_record_carries_the_sae_training_speedup():
     """A run that trains SAEs records how much faster than float32 they train (the
     estimate's SAE stage is divided by it); float32 training is 1, an experiment without

@@ -8,7 +8,7 @@ frontier, the reproduce spec and the README script share one cost model.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import registry
@@ -116,10 +116,13 @@ def stage_minutes(
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
+    base_fits: Sequence[Point] = (),
 ) -> dict[str, float]:
     """Wall minutes per stage on 2 CPU cores for the points ``pts`` of an experiment under
     ``cfg`` (a frontier-like config), the activations of ``cached_layers`` already on disk,
-    from rates measured in runs on SmolLM2-135M:
+    and the fits ``base_fits`` they start from that are not cached (a top-1 SAE's k-means:
+    :meth:`.fitting.Fits.base_fits`; their fits only, no evaluation), from rates measured
+    in runs on SmolLM2-135M:
 
     * start-up (imports, model load, summary and plots) ≈ 15 s;
     * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
@@ -135,8 +138,8 @@ def stage_minutes(
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
       variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
-      dimension at 120 GFLOP/s) + ≈ 0.5 s; a Gaussian-control model is scored directly
-      (≈ 1 s + the same SAE term).
+      dimension at 120 GFLOP/s; matching pursuit scores the codebook once per step) +
+      ≈ 0.5 s; a Gaussian-control model is scored directly (≈ 1 s + the same SAE term).
     """
     n_train = cfg.train_tokens or cfg.fit_tokens
     sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
@@ -149,34 +152,35 @@ def stage_minutes(
         seconds["start-up"] = 15.0
     if pts and missing:
         seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(missing) + 1) / 8_500
-    clus = sae = ev = 0.0
+
+    def clustering_seconds(p: Point) -> float:
+        # (k-means' seeding and residual k-means' stages by their own clusters; the other
+        # rates are per latent)
+        latents = registry.get(p.method).d_sae(p.param_dict)
+        staged = p.method in _SEEDED or p.method == "residual_kmeans"
+        return fit_seconds(
+            p.method,
+            p.param_dict.get("n_clusters", latents) if staged else latents,
+            cfg.fit_tokens,
+            stages=int(p.param_dict.get("n_stages", 1)),
+            seed_speedup=seed_speedup,
+            gaussian=p.source == "gaussian",
+        )
+
+    clus = sum(clustering_seconds(p) for p in base_fits)
+    sae = ev = 0.0
     for p in pts:
         latents = registry.get(p.method).d_sae(p.param_dict)
         if p.method in SAE_FAMILIES:
             cost = sae_cost(p.method, p.param_dict) / sae_speedup
             sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
-            # (k-means' seeding and residual k-means' stages by their own clusters; the
-            # other rates are per latent)
-            staged = p.method in _SEEDED or p.method == "residual_kmeans"
-            clusters = p.param_dict.get("n_clusters", latents) if staged else latents
-            stages = int(p.param_dict.get("n_stages", 1))
-            clus += fit_seconds(
-                p.method,
-                clusters,
-                cfg.fit_tokens,
-                stages=stages,
-                seed_speedup=seed_speedup,
-                gaussian=p.source == "gaussian",
-            )
+            clus += clustering_seconds(p)
+        scored = cfg.eval_tokens * latents * 576 * 4 / 1.2e11 * p.param_dict.get("steps", 1)
         if p.source == "real":
-            ev += (
-                recon * cfg.model_metrics
-                + cfg.eval_tokens * (p.layer + 1) / 8_500
-                + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
-                + 0.5
-            )
+            ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + scored
+            ev += 0.5
         else:
-            ev += 1.0 + cfg.eval_tokens * latents * 576 * 4 / 1.2e11
+            ev += 1.0 + scored
     seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
     return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}

@@ -28,11 +28,30 @@ class Fits:
         """The cache key of ``point``'s fit (:func:`.keys.fit_key`)."""
         return fit_key(self.cfg, point)
 
+    def _folder(self, point: Point) -> Path:
+        return self.out / "saes" / f"{point.name}-{self.key(point)}"
+
+    def is_fitted(self, point: Point) -> bool:
+        """Whether ``point``'s SAE is in the disk cache (or fitted in this run)."""
+        return point in self._fitted or (self._folder(point) / "cfg.json").is_file()
+
+    def base_fits(self, points: list[Point]) -> list[Point]:
+        """The fits that ``points`` start from (``Method.reuses``, e.g. the k-means codebook
+        of a top-1 SAE) that are neither among them nor cached: fitting ``points`` fits
+        these too."""
+        out: list[Point] = []
+        for p in points:
+            base = p.base
+            if base is not None and base not in points and base not in out:
+                if not self.is_fitted(base):
+                    out.append(base)
+        return out
+
     def fitted(self, point: Point) -> Any:
         """The SAE of ``point`` (fitted at most once per output folder)."""
         if point in self._fitted:
             return self._fitted[point]
-        folder = self.out / "saes" / f"{point.name}-{self.key(point)}"
+        folder = self._folder(point)
         if not (folder / "cfg.json").is_file():
             save_sae(self.fit(point).to("cpu"), folder)
         sae = load_saved_sae(folder, device="cpu")
@@ -45,6 +64,8 @@ class Fits:
         from sae_bench.sae_bench_utils.general_utils import _standardize_sae_cfg
 
         method = registry.get(point.method)
+        if point.base is not None:  # first, so that fit_seconds is this fit's own
+            self.fitted(point.base)
         acts, val, prov = self.inputs.fit_data(point, method.rows)
         ckpt = self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
         started = time.perf_counter()

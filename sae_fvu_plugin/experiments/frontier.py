@@ -27,7 +27,7 @@ summary (also printed).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import costs
@@ -86,10 +86,11 @@ def stage_minutes(
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
+    base_fits: Sequence[Point] = (),
 ) -> dict[str, float]:
     """Wall minutes per stage of ``todo`` (default: every point; :func:`.costs.stage_minutes`)."""
     pts = points(cfg) if todo is None else todo
-    return costs.stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup)
+    return costs.stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits)
 
 
 def estimate_minutes(
@@ -98,9 +99,11 @@ def estimate_minutes(
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
+    base_fits: Sequence[Point] = (),
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup).values())
+    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits)
+    return sum(stages.values())
 
 
 def describe(cfg: FrontierConfig, pts: list[Point]) -> str:

@@ -43,6 +43,16 @@ class Point:
         """Another method's point on the same layer and source."""
         return Point.of(method, self.layer, self.source, **params)
 
+    @property
+    def base(self) -> Point | None:
+        """The point whose fit this one starts from (its method's ``reuses``: the k-means
+        codebook of a top-1 SAE), or None."""
+        reuses = registry.get(self.method).reuses
+        if reuses is None:
+            return None
+        method, params = reuses(self.param_dict)
+        return self.sibling(method, **params)
+
 
 @dataclass
 class FitInput:

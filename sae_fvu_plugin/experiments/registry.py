@@ -34,6 +34,10 @@ class Method:
     config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
     rows: str = "fit"  # "fit": the fit rows; "train": the (larger) SAE training rows
     version: int = 1  # raised when a fix changes what the fit returns: cached fits are redone
+    # the other method's fit this one starts from, (method, params) on the same layer and
+    # source (e.g. the k-means codebook of a top-1 SAE): fitted first when not cached, and
+    # costed with it by the time estimate
+    reuses: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
 
 
 METHODS: dict[str, Method] = {}

@@ -28,7 +28,7 @@ summary's ``original`` table.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +80,12 @@ def stage_minutes(
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
+    base_fits: Sequence[Point] = (),
 ) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
     by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
     pts = points(cfg) if todo is None else todo
-    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup)
+    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits)
 
 
 def estimate_minutes(
@@ -93,9 +94,11 @@ def estimate_minutes(
     cached_layers: Collection[int] = (),
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
+    base_fits: Sequence[Point] = (),
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    return sum(stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup).values())
+    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits)
+    return sum(stages.values())
 
 
 def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:

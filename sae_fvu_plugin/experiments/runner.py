@@ -106,10 +106,11 @@ class ExperimentSpec:
     """What one experiment is; :func:`run_experiment` runs any of them.
 
     * ``points(cfg)``: its models; ``describe(cfg, points)``: one line saying what runs;
-      ``estimate_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup)``: the wall
-      minutes of the points not yet cached, the activations of ``cached_layers`` already
-      on disk, SAE training ``sae_speedup`` and large k-means++ seedings ``seed_speedup``
-      times faster than float32;
+      ``estimate_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits)``:
+      the wall minutes of the points not yet cached, the activations of ``cached_layers``
+      already on disk, SAE training ``sae_speedup`` and large k-means++ seedings
+      ``seed_speedup`` times faster than float32, plus the fits ``base_fits`` that those
+      points start from and that are not cached;
     * ``prepare(exp)``: context computed once before the points (default: none);
       ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
       held-out tokens, the Gaussian control directly);
@@ -121,7 +122,7 @@ class ExperimentSpec:
     name: str
     points: Callable[[Any], list[Point]]
     describe: Callable[[Any, list[Point]], str]
-    estimate_minutes: Callable[..., float]  # (cfg, todo, cached, sae_speedup, seed_speedup)
+    estimate_minutes: Callable[..., float]  # (cfg, todo, cached, sae_speedup, seed, base_fits)
     summarize: Callable[[Rows, dict[str, Any]], dict[str, Any]]
     report: Callable[[Rows, dict[str, Any]], str]
     plots: Callable[[Rows, dict[str, Any], Path, Any], list[str]]
@@ -166,7 +167,9 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     )
     factor, speedup = machine["factor"], machine.get("sae_speedup", 1.0)
     seed = seed_speedup(machine)
-    minutes = spec.estimate_minutes(cfg, todo, exp.inputs.cached_layers(), speedup, seed)
+    minutes = spec.estimate_minutes(
+        cfg, todo, exp.inputs.cached_layers(), speedup, seed, exp.fits.base_fits(todo)
+    )
     status = (
         "everything is cached: printing the results"
         if not todo

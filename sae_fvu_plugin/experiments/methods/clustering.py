@@ -34,12 +34,18 @@ _pca_kmeans = _fitted("fit_pca_kmeans", "n_clusters", "n_pca")
 _residual = _fitted("fit_residual_kmeans", "n_clusters", "n_stages")
 
 
+def _codebook_fit(p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "kmeans", {"n_clusters": p["n_clusters"]}
+
+
 def _codebook(inp: FitInput) -> tuple[Any, Any, dict[str, Any]]:
     """The k-means point with the same d_sae (fitted once, shared), its codebook and
     the fit cost it carries (tokens seen, passes)."""
     from ...clustering.codebook_saes import codebook_of
 
-    km = inp.fitted(inp.point.sibling("kmeans", n_clusters=inp.params["n_clusters"]))
+    base = inp.point.base
+    assert base is not None  # (registered with reuses=)
+    km = inp.fitted(base)
     mean, dirs = codebook_of(km)
     meta = dict(inp.metadata)
     for key in ("tokens_seen", "passes", "n_tokens", "provenance"):
@@ -131,6 +137,7 @@ register(
         d_sae=_k,
         label=lambda p: f"k{p['n_clusters']}",
         description="k-means centroids as the features of SAELens's top-1 SAE (latent = projection)",
+        reuses=_codebook_fit,
     )
 )
 register(
@@ -142,6 +149,7 @@ register(
         d_sae=_k,
         label=lambda p: f"k{p['n_clusters']}",
         description="k-lines: the top-1-with-gain codebook fitted directly (SAELens abstopk, k = 1)",
+        reuses=_codebook_fit,
     )
 )
 register(
@@ -153,5 +161,6 @@ register(
         d_sae=_k,
         label=lambda p: f"k{p['n_clusters']}-m{p['steps']}",
         description="matching pursuit over the k-means codebook (SAELens, L0 ≤ steps)",
+        reuses=_codebook_fit,
     )
 )

@@ -355,12 +355,19 @@ def _threshold_at_target(sae: Any, xs: torch.Tensor, target_l0: float) -> float:
     return t
 
 
+def _kmeans_fit(p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The k-means fit whose codebook starts ``topk_kmeans_init``: d_sae clusters."""
+    return "kmeans", {"n_clusters": p["d_sae"]}
+
+
 def _kmeans_init(sae: Any, inp: FitInput, scale: float) -> None:
     """Encoder and decoder rows on the unit k-means centroid directions, b_dec on the data
     mean, b_enc 0: the top-1 SAE on the centroids (``kmeans_top1``), exactly."""
     from ...clustering.codebook_saes import codebook_of, unit_directions
 
-    km = inp.fitted(inp.point.sibling("kmeans", n_clusters=inp.params["d_sae"]))
+    base = inp.point.base
+    assert base is not None  # (registered with reuses=)
+    km = inp.fitted(base)
     mean, dirs = codebook_of(km)
     u = unit_directions(dirs).float().to(sae.W_dec.device)
     with torch.no_grad():
@@ -484,7 +491,9 @@ def _kind(kind: str) -> Any:
     return fit
 
 
-def _sae(name: str, l0: Any, label: Any, description: str, version: int = 3) -> None:
+def _sae(
+    name: str, l0: Any, label: Any, description: str, version: int = 3, reuses: Any = None
+) -> None:
     register(
         Method(
             name,
@@ -500,6 +509,7 @@ def _sae(name: str, l0: Any, label: Any, description: str, version: int = 3) -> 
             # 4 (JumpReLU): the threshold starts where the initial L0 is the target, and the
             # straight-through gradient reaches the encoder
             version=version,
+            reuses=reuses,
         )
     )
 
@@ -535,4 +545,5 @@ _sae(
     lambda p: p["k"],
     _k,
     "SAELens TopK SAE started from the k-means codebook (not SAELens's own init)",
+    reuses=_kmeans_fit,
 )
