@@ -437,3 +437,42 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
 
     changed.write_text("{")
     assert "not a readable results.json" in refused(["--import-rows", str(changed)], "e")
+
+
+def test_the_seeding_floor_redoes_only_the_fits_it_changed():
+    """The seeding sample's floor went from 32,768 to 65,536 rows: a fit is version 2 (a new
+    cache key; an older row of it is not imported) exactly where its sample grew — at the
+    original scale the residual k-means stages of 512 and 1,024 clusters — and every other
+    committed row of the original-scale run keeps its version and its cache file; a
+    top-1 SAE on a changed k-means carries that k-means' version too."""
+    import dataclasses
+    import json
+
+    from sae_fvu_plugin.experiments.keys import fit_key, versions
+    from sae_fvu_plugin.experiments.points import Point
+
+    result = json.loads(
+        (Path(__file__).parents[1] / "docs" / "original-scale" / "results.json").read_text()
+    )
+    names = {f.name for f in dataclasses.fields(ReproduceConfig)}
+    cfg = dataclasses.replace(
+        ReproduceConfig(), **{k: v for k, v in result["config"].items() if k in names}
+    )
+    changed = []
+    for row in result["rows"]:
+        p = Point.of(row["method"], row["layer"], row["source"], **row["params"])
+        if versions(cfg, p) != {"method_version": row.get("method_version", 1)}:
+            changed.append((p.method, p.param_dict.get("n_clusters")))
+    assert sorted(set(changed)) == [("residual_kmeans", 512), ("residual_kmeans", 1024)]
+    assert len(changed) == 4  # layers 3 and 15
+    # the committed k-means rows keep their cache key (the row file names of the run)
+    km = Point.of("kmeans", 3, "real", n_clusters=4096)
+    assert fit_key(cfg, km) == "0ed5f819ecd4"
+    # a codebook on a changed k-means: its own version, the base's version beside it
+    top1 = Point.of("kmeans_top1", 3, "real", n_clusters=1024)
+    assert versions(cfg, top1) == {"method_version": 1, "base_version": 2}
+    # the demo's 16,384 rows: every sample is all rows, nothing changed
+    demo = ReproduceConfig(fit_tokens=16_384)
+    res = Point.of("residual_kmeans", 3, "real", n_clusters=512, n_stages=8)
+    assert versions(demo, res) == {"method_version": 1}
+    assert versions(cfg, res) == {"method_version": 2}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from ..kmeans_options import KMeansOptions
 from . import registry
 from .frontier_summary import SAE_FAMILIES
 from .points import Point
@@ -27,8 +28,9 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 # k-means and PCA + k-means at the original scale (CONTRIBUTING.md "The reproduce
 # estimate"): Lloyd's iterations 2 s per 512 clusters at 16,384 rows, ∝ k·N^0.87 (the cost
 # per row falls with N: fixed costs per iteration), plus greedy k-means++ seeding beyond
-# the demo's: k sequential passes over the m = min(N, max(32768, 32k)) sampled rows,
-# memory-bound once they leave the cache, ∝ k·(m − 32,768)·d (∝ k² at large k).
+# the demo's: k sequential passes over the m = ``KMeansOptions.sample_size`` (min(N,
+# max(65536, 32k))) sampled rows, memory-bound once they leave the cache, ∝ k·(m −
+# 32,768)·d (∝ k² at large k).
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
 _SEEDED = {"kmeans", "pca_kmeans", "klines"}
@@ -101,7 +103,7 @@ def fit_seconds(
     fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
-    m = min(fit_tokens, max(32_768, 32 * clusters))
+    m = KMeansOptions().sample_size(fit_tokens, clusters)
     seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
     if method == "klines":
         lloyd = fit * rows**_KLINES_EXPONENT

@@ -7,7 +7,7 @@ elsewhere under identical settings lands where a fresh run would have written it
 * ``data_key(cfg, layer)``: the activation rows of a layer (model, text, context size,
   token counts, seed, layer); every fit and evaluation of that layer is keyed under it;
 * ``fit_key(cfg, point)``: a fitted SAE (the data key, the method, its parameters, the
-  config fields the method names, its version when ≠ 1);
+  config fields the method names, its version and its base fit's when ≠ 1: :func:`versions`);
 * ``eval_key(cfg, layer)``: the evaluations (row format, data key, eval settings);
 * ``row_file(cfg, point)``: the file of a point's rows, ``{name}-{fit key}-{eval key}.json``.
 """
@@ -30,12 +30,29 @@ def data_key(cfg: Any, layer: int) -> str:
     return key_of(*parts, cfg.seed, [layer])
 
 
+def versions(cfg: Any, point: Point) -> dict[str, int]:
+    """The versions ``point``'s fit carries under ``cfg`` (:func:`.registry.version`): its
+    method's (``method_version``) and, for a fit that starts from another one
+    (:attr:`.points.Point.base`, e.g. a top-1 SAE's k-means), that one's (``base_version``,
+    only when ≠ 1). Rows record them; an imported row must match them."""
+    out = {"method_version": registry.version(point.method, point.param_dict, cfg)}
+    base = point.base
+    if base is not None:
+        base_version = registry.version(base.method, base.param_dict, cfg)
+        if base_version != 1:
+            out["base_version"] = base_version
+    return out
+
+
 def fit_key(cfg: Any, point: Point) -> str:
     """The key of ``point``'s fitted SAE under ``cfg``."""
     m = registry.get(point.method)
     relevant = {name: getattr(cfg, name, None) for name in m.config_fields}
     # version 1 adds nothing, so the keys of fits that never changed stay as they were
-    later = [("version", m.version)] if m.version != 1 else []
+    v = versions(cfg, point)
+    later: list[Any] = [("version", v["method_version"])] if v["method_version"] != 1 else []
+    if "base_version" in v:
+        later.append(("base_version", v["base_version"]))
     return key_of(
         data_key(cfg, point.layer),
         point.method,

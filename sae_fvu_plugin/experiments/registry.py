@@ -34,6 +34,10 @@ class Method:
     config_fields: tuple[str, ...] = field(default=("n_iter", "seed"))  # what changes its fit
     rows: str = "fit"  # "fit": the fit rows; "train": the (larger) SAE training rows
     version: int = 1  # raised when a fix changes what the fit returns: cached fits are redone
+    # a version that depends on the point and the run (params, cfg) — a change that alters
+    # some fits only (e.g. the seeding sample's floor) raises theirs and keeps the rest;
+    # the larger of the two counts
+    version_of: Callable[[dict[str, Any], Any], int] | None = None
     # the other method's fit this one starts from, (method, params) on the same layer and
     # source (e.g. the k-means codebook of a top-1 SAE): fitted first when not cached, and
     # costed with it by the time estimate
@@ -48,6 +52,14 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} is already registered.")
     METHODS[method.name] = method
     return method
+
+
+def version(name: str, params: dict[str, Any], cfg: Any) -> int:
+    """The version of method ``name``'s fit of ``params`` under the run config ``cfg``:
+    ``version``, or ``version_of(params, cfg)`` where larger. Cache keys and imported rows
+    carry it, so a fit a fix changed is redone and the others are kept."""
+    m = get(name)
+    return max(m.version, m.version_of(params, cfg) if m.version_of is not None else 1)
 
 
 def get(name: str) -> Method:

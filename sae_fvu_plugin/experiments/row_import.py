@@ -8,8 +8,9 @@ would compute:
 * its file under the earlier run's settings (:func:`.keys.row_file`: data, fit and eval
   keys, so model, text, split seed, token counts, the method's config fields and eval
   settings) is the file under this run's settings;
-* its method's version (``method_version``, 1 when the row predates it) is the registered
-  one (a fit whose fix raised the version is recomputed, not imported);
+* its method's version (``method_version``, 1 when the row predates it) and that of the fit
+  it starts from (``base_version``, 1 when absent) are this run's (:func:`.keys.versions`:
+  a fit whose fix raised the version is recomputed, not imported);
 * a real-data row's held-out eval contexts are this run's, context id by context id (and
   with them the bootstrap's per-context weights, keyed by the seed and each context's
   position in eval order: paired intervals against freshly computed rows stay valid).
@@ -30,8 +31,7 @@ from typing import Any
 
 from ..provenance import to_ranges
 from ..validate import UsageError
-from . import registry
-from .keys import row_file
+from .keys import row_file, versions
 from .points import Point
 
 
@@ -101,11 +101,13 @@ def import_rows(
         if rows is None:
             continue
         target = rows_dir / row_file(cfg, point)
-        version = registry.get(point.method).version
+        version = versions(cfg, point)
         if target.is_file():
             cached.append(point.name)
         elif row_file(earlier, point) != target.name or any(
-            r.get("method_version", 1) != version for r in rows
+            r.get("method_version", 1) != version["method_version"]
+            or r.get("base_version", 1) != version.get("base_version", 1)
+            for r in rows
         ):
             refused.append(f"{point.name}: computed under {_differences(cfg, earlier)}")
         elif any(

@@ -24,15 +24,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..validate import UsageError
-from . import (
-    methods,  # noqa: F401  (registers the built-in methods)
-    registry,
-)
+from . import methods  # noqa: F401  (registers the built-in methods)
 from .config import ExperimentConfig
 from .evaluation import Evaluator
 from .fitting import Fits
 from .inputs import ExperimentInputs
-from .keys import row_file
+from .keys import row_file, versions
 from .points import Point
 from .report import plain, write_csv
 from .row_import import import_rows
@@ -74,14 +71,11 @@ class Experiment:
 
         path = self._rows_path(point)
         # the key encodes the method's version (when ≠ 1), so a cached row is of this one
-        version = registry.get(point.method).version
+        version = versions(self.cfg, point)
         if path.is_file():
-            return [{**r, "method_version": version} for r in json.loads(path.read_text())]
+            return [{**r, **version} for r in json.loads(path.read_text())]
         here = device_key(torch.device(self.inputs.device))
-        rows = [
-            {**r, "method_version": version, "computed_on": here}
-            for r in evaluate(self.fitted(point), point)
-        ]
+        rows = [{**r, **version, "computed_on": here} for r in evaluate(self.fitted(point), point)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, default=float))

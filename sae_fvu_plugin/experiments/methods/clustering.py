@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...kmeans_options import KMeansOptions
 from ..points import FitInput
 from ..registry import Method, register
 
@@ -27,6 +28,15 @@ def _fitted(fn_name: str, *param_names: str) -> Any:
         )
 
     return fit
+
+
+def _seeding_version(p: dict[str, Any], cfg: Any) -> int:
+    """2 for a k-means fit (a stage of one) whose seeding sample the floor of 65,536 rows
+    (32,768 before 2026-12-06) enlarged: fewer than 2,048 clusters on more than 32,768
+    rows; 1 for every other fit, unchanged (``KMeansOptions.sample_size``)."""
+    n, k = int(cfg.fit_tokens), int(p["n_clusters"])
+    before = max(min(n, max(32_768, 32 * k)), min(n, k))
+    return 2 if KMeansOptions().sample_size(n, k) != before else 1
 
 
 _kmeans = _fitted("fit_kmeans", "n_clusters")
@@ -104,6 +114,7 @@ register(
         d_sae=_k,
         label=lambda p: f"k{p['n_clusters']}",
         description="k-means (L0 = 1)",
+        version_of=_seeding_version,
     )
 )
 register(
@@ -115,6 +126,7 @@ register(
         d_sae=lambda p: p["n_clusters"] + p["n_pca"],
         label=lambda p: f"k{p['n_clusters']}-p{p['n_pca']}",
         description="PCA + k-means on the PCA residual (L0 = n_pca + 1)",
+        version_of=_seeding_version,
     )
 )
 register(
@@ -126,6 +138,7 @@ register(
         d_sae=lambda p: p["n_clusters"] * p["n_stages"],
         label=lambda p: f"k{p['n_clusters']}-s{p['n_stages']}",
         description="residual k-means, one centroid per stage (L0 = stages)",
+        version_of=_seeding_version,
     )
 )
 register(
