@@ -426,7 +426,10 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 models imported (L1-real-kmeans_top1-k16)" in printed
     assert "L1-real-kmeans-k16: scored on other held-out contexts" in printed
-    assert "L1-real-topk-d16-k1: computed under the method's version" in printed
+    assert (
+        "L1-real-topk-d16-k1: computed by another version of its fit "
+        f"(method_version 1 (here {version}))"
+    ) in printed
     assert [r["method"] for r in got["rows"]] == ["kmeans_top1"]
     assert got["rows"][0]["computed_on"] == "cpu|Elsewhere ×2 threads|torch 0"
     from sae_fvu_plugin.experiments.row_import import _computed_on

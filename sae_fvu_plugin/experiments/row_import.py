@@ -52,7 +52,15 @@ def _differences(cfg: Any, earlier: Any) -> str:
         for f in dataclasses.fields(cfg)
         if f.name not in skip and getattr(earlier, f.name) != getattr(cfg, f.name)
     ]
-    return ", ".join(diffs) or "the method's version"
+    return ", ".join(diffs) or "another cache key (this version's keys differ)"
+
+
+def _versions_of(row: dict[str, Any]) -> dict[str, int]:
+    """A row's versions in :func:`.keys.versions`' form (1 where the row predates them)."""
+    out = {"method_version": int(row.get("method_version", 1))}
+    if row.get("base_version", 1) != 1:
+        out["base_version"] = int(row["base_version"])
+    return out
 
 
 def _computed_on(row: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
@@ -104,12 +112,16 @@ def import_rows(
         version = versions(cfg, point)
         if target.is_file():
             cached.append(point.name)
-        elif row_file(earlier, point) != target.name or any(
-            r.get("method_version", 1) != version["method_version"]
-            or r.get("base_version", 1) != version.get("base_version", 1)
-            for r in rows
-        ):
+        elif row_file(earlier, point) != target.name:
             refused.append(f"{point.name}: computed under {_differences(cfg, earlier)}")
+        elif any(_versions_of(r) != version for r in rows):
+            refused.append(
+                f"{point.name}: computed by another version of its fit ("
+                + ", ".join(
+                    f"{k} {_versions_of(rows[0]).get(k, 1)} (here {v})" for k, v in version.items()
+                )
+                + ")"
+            )
         elif any(
             r.get("source") == "real"
             and (r.get("held_out") or {}).get("eval_contexts") != eval_contexts
