@@ -20,9 +20,12 @@ INITS = ("k-means++", "k-means||", "random")
 EMPTY_POLICIES = ("split", "farthest")
 INIT_SAMPLINGS = ("importance", "uniform")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32", "float64")
-# the least rows a seeding samples (32 per cluster above 2,048 clusters); 32,768 until
-# 2026-12-06 (the fits that changed are version 2: ``experiments/methods/clustering.py``)
+# the least rows a seeding samples: 32,768 until 2026-12-06, then 65,536 (the fits that
+# changed are version 2: ``experiments/methods/clustering.py``)
 SEED_SAMPLE_FLOOR = 65_536
+# rows a seeding samples per cluster: 32 until the evening of 2026-12-06, then 64 (the
+# fits that changed, over 1,024 clusters on over 65,536 rows, are version 3)
+SEED_ROWS_PER_CLUSTER = 64
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -56,7 +59,7 @@ class KMeansOptions:
     )
     init_sample: int | None = _opt(
         None,
-        "rows sampled for k-means++ / random seeding (default min(N, max(65536, 32k)))",
+        "rows sampled for k-means++ / random seeding (default min(N, max(65536, 64k)))",
     )
     init_sampling: str = _opt(
         "importance",
@@ -153,13 +156,15 @@ class KMeansOptions:
         return self.n_local_trials or 2 + int(math.log(k))
 
     def sample_size(self, n: int, k: int) -> int:
-        """Rows sampled for seeding: ``init_sample`` or min(N, max(65536, 32k)), at least k.
+        """Rows sampled for seeding: ``init_sample`` or min(N, max(65536, 64k)), at least k.
         (Measured on SmolLM2 activations at k = 1024, 32,768 rows: greedy k-means++ on 10,000
         sampled rows ends 1.6–5 % above scikit-learn's full-data seeding, on 20,000 rows
         0.7–1.7 %, on all rows 0.2 % below; on 65,536 rows a 32,768-row sample ended 0.7 %
-        above it at layer 3 and on a Gaussian mixture, hence the floor of 65,536;
+        above it at layer 3 and on a Gaussian mixture, hence the floor of 65,536; on 786,432
+        layer-3 rows 32 sampled rows per cluster ended 1.1 % (k = 1,024) and 1.2 %
+        (k = 4,096) above 64 per cluster, and 128 per cluster gained nothing more, hence 64k;
         ``benchmarks/kmeans_quality.py``, CONTRIBUTING.md "Seeding on real activations".)"""
-        m = self.init_sample or max(SEED_SAMPLE_FLOOR, 32 * k)
+        m = self.init_sample or max(SEED_SAMPLE_FLOOR, SEED_ROWS_PER_CLUSTER * k)
         return max(min(n, m), min(n, k))
 
 

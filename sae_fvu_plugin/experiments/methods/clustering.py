@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...kmeans_options import KMeansOptions
+from ...kmeans_options import SEED_ROWS_PER_CLUSTER, SEED_SAMPLE_FLOOR, KMeansOptions
 from ..points import FitInput
 from ..registry import Method, register
 
@@ -30,13 +30,22 @@ def _fitted(fn_name: str, *param_names: str) -> Any:
     return fit
 
 
+# the default seeding sample's rules in order, (floor, rows per cluster): each is
+# min(N, max(floor, per_cluster · k)), at least min(N, k) (``KMeansOptions.sample_size``)
+_SEEDING_RULES = ((32_768, 32), (65_536, 32), (SEED_SAMPLE_FLOOR, SEED_ROWS_PER_CLUSTER))
+
+
 def _seeding_version(p: dict[str, Any], cfg: Any) -> int:
-    """2 for a k-means fit (a stage of one) whose seeding sample the floor of 65,536 rows
-    (32,768 before 2026-12-06) enlarged: fewer than 2,048 clusters on more than 32,768
-    rows; 1 for every other fit, unchanged (``KMeansOptions.sample_size``)."""
+    """The version of a k-means fit (a stage of one): the number of the last change of the
+    default seeding sample's rule that changed its size (1 when none did, so a fit keeps
+    its key). Version 2: the floor of 65,536 rows (32,768 before 2026-12-06), i.e. fewer
+    than 2,048 clusters on more than 32,768 rows; version 3: 64 sampled rows per cluster
+    (32 before the evening of 2026-12-06), i.e. more than 1,024 clusters on more than
+    65,536 rows. The demo's 16,384 rows sample every row under every rule: version 1."""
     n, k = int(cfg.fit_tokens), int(p["n_clusters"])
-    before = max(min(n, max(32_768, 32 * k)), min(n, k))
-    return 2 if KMeansOptions().sample_size(n, k) != before else 1
+    sizes = [max(min(n, max(floor, per * k)), min(n, k)) for floor, per in _SEEDING_RULES]
+    assert sizes[-1] == KMeansOptions().sample_size(n, k), "_SEEDING_RULES ends with the rule"
+    return max([i + 1 for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]], default=1)
 
 
 _kmeans = _fitted("fit_kmeans", "n_clusters")
