@@ -8,7 +8,8 @@ computations they would still do, on SmolLM2-135M ``blocks.{3,15}.hook_resid_pos
   sampled row against 2 + ⌊ln k⌋ candidates). A row x whose nearest chosen centre is a
   cannot get closer to a candidate c when ‖c − a‖ ≥ 2‖x − a‖, so only rows of centres
   with ‖c − a‖ < 2 r_a (r_a: the centre's radius) need scores (``cluster``), or, per row,
-  those with ‖c − a(x)‖ < 2‖x − a(x)‖ (``row``). Sample: min(N, 32k) rows, as the fit's.
+  those with ‖c − a(x)‖ < 2‖x − a(x)‖ (``row``). Sample: min(N, 32k) rows (the fit's rule
+  when this was measured; it samples min(N, max(65536, 64k)) now).
 * **Lloyd with group bounds** (Yinyang k-means, Ding et al. 2015: the centroids in t
   groups, one lower bound per row and group; no local filter). After the centroids move
   by δ, u += δ_a and l_g −= max_{c ∈ g} δ_c; a row with u ≤ min_g l_g is skipped (the

@@ -634,9 +634,10 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
 
     c = result["config"]
     cfg = ReproduceConfig(layers=c["layers"])
-    done = {
+    done = {  # a superseded row (an older version of its fit) is still to refit
         (r["method"], r["layer"], r["source"], json.dumps(r["params"], sort_keys=True))
         for r in result["rows"]
+        if not r.get("superseded")
     }
     todo = [
         p
@@ -680,6 +681,26 @@ def _model_name(r: dict[str, Any]) -> str:
 
 
 _WORDS = METHOD_WORDS | {"kmeans": "k-means", "kmeans_top1": "top-1 on the centroids"}
+
+
+SUPERSEDED_MARK = "†"
+
+
+def _superseded_words(result: dict[str, Any]) -> str:
+    """The sentence under the tables naming the superseded rows (``superseded``: computed
+    by an older version of their fit, kept until refitted), or "" when there are none."""
+    old = [r for r in result["rows"] if r.get("superseded")]
+    if not old:
+        return ""
+    real = sum(r["source"] == "real" for r in old)
+    return (
+        f"{SUPERSEDED_MARK} {len(old)} models ({real} on the real activations, "
+        f"{len(old) - real} of the Gaussian control) were computed by an older version of "
+        "their fit and are kept, marked, until refitted (each row's `superseded` in "
+        "results.json names the versions): their k-means seeding sampled 32 rows per "
+        "cluster; since 2026-12-06 it samples 64, which lowered a layer-3 fit's inertia by "
+        '1.2 % at 4,096 clusters (CONTRIBUTING.md, "Seeding on real activations").'
+    )
 
 
 def _not_run(todo: list[Any]) -> str:
@@ -957,6 +978,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     rows = [r for r in result["rows"] if r["source"] == "real"]
     methods = c.get("methods") or []
     n_all, todo, hours = _remaining_hours(result)
+    n_old = sum(bool(r.get("superseded")) for r in result["rows"])
     sae_run = any(r["family"] == "sae" for r in rows)
     fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
@@ -979,8 +1001,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
                 and r["d_sae"] == t["latents"]
                 and r["params"].get("n_pca", 0) == t["n_pca"]
             )
+            mark = SUPERSEDED_MARK if ours.get("superseded") else " "
             right = (
-                f"layer {t['layer']:>2}                   {t['fvu_a']:.4f}  {half(ours):.4f}  "
+                f"layer {t['layer']:>2}                  {mark}{t['fvu_a']:.4f}  {half(ours):.4f}  "
                 f"{t['fvu_b']:.4f}  {half(ours, 'fvu_b'):.4f}          "
                 f"{ours['ev_saebench_0_6']:.4f}"
             )
@@ -990,8 +1013,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         "  fvu_per_dim"
     ]
     for r in sorted(rows, key=lambda r: (r["layer"], r["method"], r["d_sae"])):
+        mark = SUPERSEDED_MARK if r.get("superseded") else " "
         detail.append(
-            f"{r['layer']:>5}  {r['method']:<16} {r['params'].get('n_clusters', r['d_sae']):>10} "
+            f"{r['layer']:>5} {mark}{r['method']:<16} {r['params'].get('n_clusters', r['d_sae']):>10} "
             f"{r['params'].get('n_pca', 0):>5} {r['l0']:>3.0f}  {count(r['n_tokens']):>10}  "
             f"{(r.get('passes') or 0):>6.1f}  {_fit_minutes(r):>7}  {r['ev_fvu_a']:.4f}  "
             f"{half(r):.4f}  {r['ev_fvu_per_dim']:.4f}"
@@ -1076,6 +1100,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         *detail,
         "```",
         "",
+        *([_superseded_words(result), ""] if _superseded_words(result) else []),
         f"* **What the scale changed** (k-means, `fvu_a`, against the demo's frontier): {changed}.",
         "* **Against k-means at equal latents** (`fvu_a`, paired 95 % interval on the same "
         "tokens): " + "; ".join(paired) + ".",
@@ -1091,7 +1116,9 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         *_pca_bullets(rows),
         *_sae_bullets(result, rows),
         *_clustering_vs_topk(rows),
-        f"* **Not run yet:** {len(todo)} of the grid's {n_all} models ({_not_run(todo)}) — "
+        f"* **Not run yet:** {len(todo)} of the grid's {n_all} models ({_not_run(todo)}"
+        + (f"; {n_old} of them superseded, to refit" if n_old else "")
+        + ") — "
         f"≈ {hours:.0f} h on the same machine by the calibrated rates"
         + (
             ", so at which L0 each SAE family matches k-means is answered at this scale for "

@@ -367,8 +367,10 @@ def test_subset_runs_then_a_layer_is_added(tmp_path, capsys):
 def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
     """``--import-rows``: an earlier run's results.json fills another output folder's row
     cache with the rows this grid would compute under the same settings (nothing is fitted
-    or evaluated again); rows under other eval settings, of an older method version, or
-    scored on other held-out contexts are named and not imported."""
+    or evaluated again); rows under other eval settings, of a newer method version, or
+    scored on other held-out contexts are named and not imported; a row of an older
+    version is kept aside as superseded: reported, marked, by --cached-only, and refitted
+    by a run that computes."""
     import json
 
     import pytest
@@ -426,12 +428,36 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 models imported (L1-real-kmeans_top1-k16)" in printed
     assert "L1-real-kmeans-k16: scored on other held-out contexts" in printed
+    # an older version's row is kept aside as superseded: reported, marked, not cached
+    change = f"method_version 1 (here {version})"
+    assert (
+        "1 computed by an older version of their fit, kept as superseded (reported, marked, "
+        f"by --cached-only until refitted; not cached): L1-real-topk-d16-k1 ({change})"
+    ) in printed
+    assert "reporting the 2 cached models (1 of them superseded" in printed
+    assert [r["method"] for r in got["rows"]] == ["kmeans_top1", "topk"]
+    assert got["rows"][0]["computed_on"] == "cpu|Elsewhere ×2 threads|torch 0"
+    old = got["rows"][1]
+    assert old["superseded"] == change and old["method_version"] == 1
+    assert "superseded" not in got["rows"][0]
+    csv_text = (tmp_path / "d" / "results.csv").read_text()
+    assert csv_text.splitlines()[0].split(",").count("superseded") == 1 and change in csv_text
+    # a run that may compute refits it: its own row, of this version, replaces it
+    got = run([*base, "--out", str(tmp_path / "d")])
+    fresh = [r for r in got["rows"] if r["method"] == "topk"]
+    assert len(fresh) == 1 and "superseded" not in fresh[0]
+    assert fresh[0]["method_version"] == version
+    assert fresh[0]["ev_fvu_a"] == pytest.approx(written[2]["ev_fvu_a"], abs=1e-9)
+    capsys.readouterr()
+    # a row of a newer version than this code's is refused
+    newer = json.loads(earlier.read_text())
+    newer["rows"] = [{**newer["rows"][2], "method_version": version + 1}]
+    changed.write_text(json.dumps(newer))
+    printed = refused(["--import-rows", str(changed)], "f")
     assert (
         "L1-real-topk-d16-k1: computed by another version of its fit "
-        f"(method_version 1 (here {version}))"
+        f"(method_version {version + 1} (here {version}))"
     ) in printed
-    assert [r["method"] for r in got["rows"]] == ["kmeans_top1"]
-    assert got["rows"][0]["computed_on"] == "cpu|Elsewhere ×2 threads|torch 0"
     from sae_fvu_plugin.experiments.row_import import _computed_on
 
     # a row that run had itself imported: its machine is not the one that file records
@@ -443,18 +469,22 @@ def test_rows_of_an_earlier_run_are_imported(tmp_path, capsys):
 
 
 def test_the_seeding_floor_redoes_only_the_fits_it_changed():
-    """The seeding sample's floor went from 32,768 to 65,536 rows: a fit is version 2 (a new
-    cache key; an older row of it is not imported) exactly where its sample grew — at the
-    original scale the residual k-means stages of 512 and 1,024 clusters (refitted since) —
-    and every other committed row of the original-scale run keeps its version and its cache
-    file; a
-    top-1 SAE on a changed k-means carries that k-means' version too."""
+    """The seeding sample's rule changed twice: its floor went from 32,768 to 65,536 rows
+    (version 2), then its rows per cluster from 32 to 64 (version 3). A fit is of a new
+    version (a new cache key; an older row of it is not imported as current) exactly where
+    its sample grew — at the original scale the residual k-means stages of 512 and 1,024
+    clusters (version 2), and k-means, PCA + k-means and residual k-means stages of more
+    than 1,024 clusters (version 3) — and every other fit keeps its version and its cache
+    file. A top-1 SAE on a changed k-means carries that k-means' version too. Each
+    committed row is of the versions this code computes, or is marked superseded with the
+    versions it was computed by."""
     import dataclasses
     import json
 
     from sae_fvu_plugin.experiments import registry
     from sae_fvu_plugin.experiments.keys import fit_key, versions
     from sae_fvu_plugin.experiments.points import Point
+    from sae_fvu_plugin.experiments.row_import import _version_change, _versions_of
 
     result = json.loads(
         (Path(__file__).parents[1] / "docs" / "original-scale" / "results.json").read_text()
@@ -463,25 +493,40 @@ def test_the_seeding_floor_redoes_only_the_fits_it_changed():
     cfg = dataclasses.replace(
         ReproduceConfig(), **{k: v for k, v in result["config"].items() if k in names}
     )
-    changed = []
+    changed: dict[tuple[str, int], int] = {}
     for row in result["rows"]:
         p = Point.of(row["method"], row["layer"], row["source"], **row["params"])
         got = versions(cfg, p)
-        # every committed row is of the versions this code computes (refitted ones too)
-        assert got["method_version"] == row.get("method_version", 1), row["name"]
-        assert got.get("base_version", 1) == row.get("base_version", 1), row["name"]
+        if row.get("superseded"):  # kept until refitted: computed by an older version
+            assert _versions_of(row) != got, row["name"]
+            assert row["superseded"] == _version_change(_versions_of(row), got), row["name"]
+        else:  # every other committed row is of the versions this code computes
+            assert _versions_of(row) == got, row["name"]
         if registry.get(p.method).family == "clustering" and got["method_version"] != 1:
-            changed.append((p.method, p.param_dict.get("n_clusters")))
-    assert sorted(set(changed)) == [("residual_kmeans", 512), ("residual_kmeans", 1024)]
-    assert len(changed) == 4  # layers 3 and 15
-    # the committed k-means rows keep their cache key (the row file names of the run)
+            changed[(p.method, int(p.param_dict["n_clusters"]))] = got["method_version"]
+    assert changed == {
+        ("residual_kmeans", 512): 2,
+        ("residual_kmeans", 1024): 2,
+        ("residual_kmeans", 2048): 3,
+        ("kmeans", 4096): 3,
+        ("kmeans", 16384): 3,
+        **{("pca_kmeans", 4096 - n): 3 for n in (1, 2, 5, 10, 20, 50, 100, 200, 500)},
+    }
+    # keys of unchanged fits stay (the demo's 16,384 rows, an SAE, a k-means of 512
+    # clusters after the floor); the 4,096-cluster k-means' key moved with its version
+    demo = ReproduceConfig(fit_tokens=16_384)
     km = Point.of("kmeans", 3, "real", n_clusters=4096)
-    assert fit_key(cfg, km) == "0ed5f819ecd4"
+    assert fit_key(demo, km) == "4fbfdda42e35" and versions(demo, km) == {"method_version": 1}
+    assert fit_key(cfg, km) == "fc76052e2c16"  # 0ed5f819ecd4 at version 1
+    topk = Point.of("topk", 3, "real", k=1, d_sae=4096)
+    assert fit_key(cfg, topk) == "29de6070b61e"
+    assert fit_key(cfg, Point.of("kmeans", 3, "real", n_clusters=512)) == "74dc9224d1dd"
     # a codebook on a changed k-means: its own version, the base's version beside it
     top1 = Point.of("kmeans_top1", 3, "real", n_clusters=1024)
     assert versions(cfg, top1) == {"method_version": 1, "base_version": 2}
+    top1 = Point.of("kmeans_top1", 3, "real", n_clusters=4096)
+    assert versions(cfg, top1) == {"method_version": 1, "base_version": 3}
     # the demo's 16,384 rows: every sample is all rows, nothing changed
-    demo = ReproduceConfig(fit_tokens=16_384)
     res = Point.of("residual_kmeans", 3, "real", n_clusters=512, n_stages=8)
     assert versions(demo, res) == {"method_version": 1}
     assert versions(cfg, res) == {"method_version": 2}

@@ -29,7 +29,7 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 # estimate"): Lloyd's iterations 2 s per 512 clusters at 16,384 rows, ∝ k·N^0.87 (the cost
 # per row falls with N: fixed costs per iteration), plus greedy k-means++ seeding beyond
 # the demo's: k sequential passes over the m = ``KMeansOptions.sample_size`` (min(N,
-# max(65536, 32k))) sampled rows, memory-bound once they leave the cache, ∝ k·(m −
+# max(65536, 64k))) sampled rows, memory-bound once they leave the cache, ∝ k·(m −
 # 32,768)·d (∝ k² at large k).
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension

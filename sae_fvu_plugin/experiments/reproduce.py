@@ -147,6 +147,8 @@ def original_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fvu_a_ci": None if ours is None else ours["ev_ci"]["fvu_a"],
                 "fvu_b": None if ours is None else ours["ev_fvu_b"],
                 "fvu_b_ci": None if ours is None else ours["ev_ci"]["fvu_b"],
+                # an older version of its fit, kept until refitted (``row_import``)
+                "superseded": None if ours is None else ours.get("superseded"),
             }
         )
     return out
@@ -166,7 +168,7 @@ def format_original(table: list[dict[str, Any]]) -> str:
             ours = ["-", "", "-", ""]
         else:
             ours = [
-                f"{t['fvu_a']:.4f}",
+                f"{t['fvu_a']:.4f}" + (" †" if t.get("superseded") else ""),
                 half_width({"ev_ci": {"fvu_a": t["fvu_a_ci"]}}, "fvu_a"),
                 f"{t['fvu_b']:.4f}",
                 half_width({"ev_ci": {"fvu_b": t["fvu_b_ci"]}}, "fvu_b"),
@@ -182,11 +184,14 @@ def format_original(table: list[dict[str, Any]]) -> str:
                 *ours,
             ]
         )
-    return aligned(
+    text = aligned(
         "\nThe original (pythia-70m-deduped, its corrected values) beside ours (held-out "
         "tokens; the model and the text differ)",
         lines,
     )
+    if any(t.get("superseded") for t in table):
+        text += "\n† computed by an older version of its fit (the row's `superseded`), to refit"
+    return text
 
 
 def pca_grid_plot(rows: list[dict[str, Any]], out: Path) -> str | None:
@@ -263,7 +268,7 @@ REPRODUCE = ExperimentSpec(
         + format_original(s["original"])
     ),
     plots=_plots,
-    csv_columns=CSV_COLUMNS,
+    csv_columns=(*CSV_COLUMNS, "superseded"),
     csv_intervals=True,
     prepare=lambda exp: {"d_sae": getattr(exp.cfg, "d_sae", None)},
 )

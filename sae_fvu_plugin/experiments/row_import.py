@@ -15,6 +15,13 @@ would compute:
   with them the bootstrap's per-context weights, keyed by the seed and each context's
   position in eval order: paired intervals against freshly computed rows stay valid).
 
+A row that passes every check but is of an *older* version of its fit (or of the fit it
+starts from) is not imported into the cache: it is kept aside as **superseded**
+(``rows/superseded/``, the row marked ``superseded``, e.g. "method_version 1 (here 3)").
+``--cached-only`` reports it, marked, where no current row exists, so a long grid's
+committed numbers stay visible until their refit; any run without ``--cached-only``
+computes the point afresh, and its own row takes the superseded one's place.
+
 Nothing already cached is overwritten; each imported row records ``imported_from`` and,
 where known, the machine that computed it (``computed_on``: its own, or the earlier
 results.json's ``machine`` for a row that run computed itself).
@@ -63,6 +70,28 @@ def _versions_of(row: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _version_change(old: dict[str, int], new: dict[str, int]) -> str:
+    """ "method_version 1 (here 3)": the versions of a row against this run's."""
+    return ", ".join(f"{k} {old.get(k, 1)} (here {v})" for k, v in new.items())
+
+
+def _older(old: dict[str, int], new: dict[str, int]) -> bool:
+    """Whether a row of versions ``old`` predates this run's ``new`` (none is newer)."""
+    return all(old.get(k, 1) <= new.get(k, 1) for k in {*old, *new})
+
+
+def _write(target: Path, rows: list[dict[str, Any]]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows))
+    os.replace(tmp, target)
+
+
+def superseded_file(rows_dir: Path, name: str) -> Path:
+    """Where a superseded row of the row file ``name`` is kept (``rows_dir`` is the cache)."""
+    return rows_dir / "superseded" / name
+
+
 def _computed_on(row: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
     """The row's own ``computed_on``; else, for a row the earlier run computed itself (not
     one it had imported in turn), the machine its results.json records; else nothing."""
@@ -103,7 +132,7 @@ def import_rows(
     for r in raw_rows:
         by_name.setdefault(r["name"], []).append(r)
     eval_contexts = to_ranges(sorted(int(i) for i in eval_ids))
-    imported, cached, refused = [], [], []
+    imported, cached, refused, superseded = [], [], [], []
     for point in points:
         rows = by_name.pop(point.name, None)
         if rows is None:
@@ -114,26 +143,33 @@ def import_rows(
             cached.append(point.name)
         elif row_file(earlier, point) != target.name:
             refused.append(f"{point.name}: computed under {_differences(cfg, earlier)}")
-        elif any(_versions_of(r) != version for r in rows):
-            refused.append(
-                f"{point.name}: computed by another version of its fit ("
-                + ", ".join(
-                    f"{k} {_versions_of(rows[0]).get(k, 1)} (here {v})" for k, v in version.items()
-                )
-                + ")"
-            )
         elif any(
             r.get("source") == "real"
             and (r.get("held_out") or {}).get("eval_contexts") != eval_contexts
             for r in rows
         ):
             refused.append(f"{point.name}: scored on other held-out contexts")
+        elif any(_versions_of(r) != version for r in rows):
+            change = _version_change(_versions_of(rows[0]), version)
+            if not all(_older(_versions_of(r), version) for r in rows):
+                refused.append(f"{point.name}: computed by another version of its fit ({change})")
+                continue
+            _write(
+                superseded_file(rows_dir, target.name),
+                [
+                    {
+                        **r,
+                        "imported_from": str(path),
+                        "superseded": change,
+                        **_computed_on(r, machine),
+                    }
+                    for r in rows
+                ],
+            )
+            superseded.append(f"{point.name} ({change})")
         else:
             rows = [{**r, "imported_from": str(path), **_computed_on(r, machine)} for r in rows]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows))
-            os.replace(tmp, target)
+            _write(target, rows)
             imported.append(point.name)
     line = (
         f"--import-rows {path}: {len(imported)} models imported"
@@ -141,6 +177,12 @@ def import_rows(
         + (f"; {len(cached)} already cached here (kept)" if cached else "")
         + (f"; {len(by_name)} not in this grid" if by_name else "")
     )
+    if superseded:
+        line += (
+            f"; {len(superseded)} computed by an older version of their fit, kept as "
+            "superseded (reported, marked, by --cached-only until refitted; not cached): "
+            + "; ".join(superseded)
+        )
     if refused:
         line += f"; {len(refused)} not imported: " + "; ".join(refused)
     return line

@@ -32,7 +32,7 @@ from .inputs import ExperimentInputs
 from .keys import row_file, versions
 from .points import Point
 from .report import plain, write_csv
-from .row_import import import_rows
+from .row_import import import_rows, superseded_file
 
 Rows = list[dict[str, Any]]
 
@@ -61,6 +61,14 @@ class Experiment:
     def is_cached(self, point: Point) -> bool:
         return self._rows_path(point).is_file()
 
+    def _superseded_path(self, point: Point) -> Path:
+        return superseded_file(self.out / "rows", row_file(self.cfg, point))
+
+    def superseded(self, point: Point) -> bool:
+        """Whether an imported row of an older version of this point's fit is kept aside
+        (:mod:`.row_import`) and no current row is cached."""
+        return not self.is_cached(point) and self._superseded_path(point).is_file()
+
     def rows_for(self, point: Point, evaluate: Callable[[Any, Point], Rows]) -> Rows:
         """The rows of a point: cached, or fitted and evaluated now (written atomically;
         each records the machine that computed it, ``computed_on``: a grid's parts may run
@@ -74,6 +82,9 @@ class Experiment:
         version = versions(self.cfg, point)
         if path.is_file():
             return [{**r, **version} for r in json.loads(path.read_text())]
+        if getattr(self.cfg, "cached_only", False) and self.superseded(point):
+            # reported as it was computed (its own versions, marked ``superseded``)
+            return list(json.loads(self._superseded_path(point).read_text()))
         here = device_key(torch.device(self.inputs.device))
         rows = [{**r, **version, "computed_on": here} for r in evaluate(self.fitted(point), point)]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,16 +152,24 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
         print(f"{tag} " + import_rows(cfg.import_rows, cfg, pts, out / "rows", eval_ids))
     todo = [p for p in pts if not exp.is_cached(p)]
     if getattr(cfg, "cached_only", False) and todo:
-        missing = ", ".join(p.name for p in todo[:8]) + (" …" if len(todo) > 8 else "")
-        pts = [p for p in pts if exp.is_cached(p)]
+        old = [p for p in todo if exp.superseded(p)]
+        todo = [p for p in todo if not exp.superseded(p)]
+        pts = [p for p in pts if exp.is_cached(p) or exp.superseded(p)]
         if not pts:
             raise UsageError(
                 f"--cached-only: none of the {len(todo)} models of this grid is cached in "
                 f"{out}/; run without --cached-only first."
             )
+        missing = ", ".join(p.name for p in todo[:8]) + (" …" if len(todo) > 8 else "")
         print(
-            f"{tag} --cached-only: reporting the {len(pts)} cached models; "
-            f"{len(todo)} not run yet: {missing}",
+            f"{tag} --cached-only: reporting the {len(pts)} cached models"
+            + (
+                f" ({len(old)} of them superseded: computed by an older version of their "
+                "fit, marked `superseded`, to refit)"
+                if old
+                else ""
+            )
+            + (f"; {len(todo)} not run yet: {missing}" if todo else ""),
             flush=True,
         )
         todo = []
