@@ -71,8 +71,9 @@ def _versions_of(row: dict[str, Any]) -> dict[str, int]:
 
 
 def _version_change(old: dict[str, int], new: dict[str, int]) -> str:
-    """ "method_version 1 (here 3)": the versions of a row against this run's."""
-    return ", ".join(f"{k} {old.get(k, 1)} (here {v})" for k, v in new.items())
+    """ "method_version 1 (here 3)": the versions of a row that differ from this run's."""
+    diff = {k: v for k, v in new.items() if old.get(k, 1) != v} or new
+    return ", ".join(f"{k} {old.get(k, 1)} (here {v})" for k, v in diff.items())
 
 
 def _older(old: dict[str, int], new: dict[str, int]) -> bool:
@@ -150,7 +151,7 @@ def import_rows(
         ):
             refused.append(f"{point.name}: scored on other held-out contexts")
         elif any(_versions_of(r) != version for r in rows):
-            change = _version_change(_versions_of(rows[0]), version)
+            change = _version_change(_versions_of(rows[0]), version)  # e.g. its base's
             if not all(_older(_versions_of(r), version) for r in rows):
                 refused.append(f"{point.name}: computed by another version of its fit ({change})")
                 continue
