@@ -33,12 +33,14 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 # 32,768)·d (∝ k² at large k).
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
-_SEEDED = {"kmeans", "pca_kmeans", "klines"}
-# k-lines: the same greedy seeding (on a uniform sample of the same size) plus ~10
-# iterations whose cost grows as rows^0.58 (calibrated on the demo's 512 lines, 0.52 /
-# 0.69 s, and the original scale's 4,096 lines at 786,432 rows, 151 / 166 s, on the AMX
-# Xeon; the rate was 4.0 per latent ∝ rows, 3× over at scale).
-_KLINES_EXPONENT = 0.58
+_SEEDED = {"kmeans", "pca_kmeans"}
+# k-lines starts from the k-means codebook (its fit costed as the base's, no seeding of
+# its own): ~10 iterations whose cost grows as rows^0.935, between the AMX Xeon's and the
+# AMD EPYC's measurements (the demo's 512 lines, 0.52 / 0.69 s on the Xeon; 4,096 lines on
+# 786,432 rows, 151 / 166 s on the Xeon, 449 s at layer 3 on the EPYC: its iterations
+# gain more from the Xeon's bfloat16 scores than the machine factor says). It was rows^0.58
+# plus a k-means seeding it does not run, which the 64-rows-per-cluster sample doubled.
+_KLINES_EXPONENT = 0.935
 # Residual k-means: each stage is a k-means fit at its own clusters plus ≈ 2.7 s at 16,384
 # rows of passes, statistics and the residual update, ∝ rows^1.11 (at 786,432 rows the
 # passes leave the cache). Calibrated on the demo's 2 / 8 stages of 256 / 64 clusters (7.5 /
@@ -84,31 +86,39 @@ def fit_seconds(
     stages: int = 1,
     seed_speedup: float = 1.0,
     gaussian: bool = False,
+    sample: int | None = None,
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
-    rows^``_LLOYD_EXPONENT``, k-lines ∝ rows^``_KLINES_EXPONENT``, each plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
+    rows^``_LLOYD_EXPONENT`` plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
     ``seed_speedup``, the gain of its bfloat16 screen where the machine scores in
-    bfloat16), plus ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` ×
-    (k-means at ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the
-    ``gaussian`` control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT``
-    more (nothing for Hamerly's bound to prune)."""
+    bfloat16, m the seeding ``sample``, by default ``KMeansOptions.sample_size``; k-lines,
+    which starts from the k-means codebook, ∝ rows^``_KLINES_EXPONENT``), plus
+    ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
+    ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the ``gaussian``
+    control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (nothing
+    for Hamerly's bound to prune)."""
     rows = fit_tokens / 16_384
     if method == "residual_kmeans":
         stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
         kmeans = fit_seconds(
-            "kmeans", clusters, fit_tokens, d, seed_speedup=seed_speedup, gaussian=gaussian
+            "kmeans",
+            clusters,
+            fit_tokens,
+            d,
+            seed_speedup=seed_speedup,
+            gaussian=gaussian,
+            sample=sample,
         )
         return stages * (kmeans + stage)
     fit = _FIT_SECONDS.get(method, 2.0) * clusters / 512
+    if method == "klines":
+        return fit * rows**_KLINES_EXPONENT
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
-    m = KMeansOptions().sample_size(fit_tokens, clusters)
+    m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
     seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
-    if method == "klines":
-        lloyd = fit * rows**_KLINES_EXPONENT
-    else:
-        lloyd = fit * rows**_LLOYD_EXPONENT * (rows**_GAUSSIAN_LLOYD_EXPONENT if gaussian else 1.0)
+    lloyd = fit * rows**_LLOYD_EXPONENT * (rows**_GAUSSIAN_LLOYD_EXPONENT if gaussian else 1.0)
     return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
