@@ -796,7 +796,9 @@ def _pca_bullets(rows: list[dict[str, Any]]) -> list[str]:
             continue
         grp = sorted(grp, key=lambda r: r["params"].get("n_pca", 0))
         each = "; ".join(
-            f"{r['params'].get('n_pca', 0)}: {f(r['ev_fvu_a'])} / {f(r['ev_fvu_b'])}" for r in grp
+            f"{r['params'].get('n_pca', 0)}{SUPERSEDED_MARK if r.get('superseded') else ''}: "
+            f"{f(r['ev_fvu_a'])} / {f(r['ev_fvu_b'])}"
+            for r in grp
         )
         top = max(grp, key=lambda r: r["ev_fvu_b"])
         out.append(
@@ -1044,12 +1046,19 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         if layer in demo
     )
     summary = result["summary"]
+    old_rows = {  # superseded models (an older version of their fit): marked where paired
+        (str(r["layer"]), r["method"], json.dumps(r["params"], sort_keys=True))
+        for r in rows
+        if r.get("superseded")
+    }
     paired = []
     for layer in _layers(summary):
         for b in summary[layer]["vs_kmeans_at_equal_d_sae"]:
             lo, hi = b["paired_ci"]
+            key = (str(layer), b["method"], json.dumps(b["params"], sort_keys=True))
+            mark = SUPERSEDED_MARK if key in old_rows else ""
             paired.append(
-                f"layer {layer}, {_model_name(b)}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} "
+                f"layer {layer}, {_model_name(b)}{mark}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} "
                 f"{ci(lo, hi, 4)}"
             )
     ran = (
