@@ -981,6 +981,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     methods = c.get("methods") or []
     n_all, todo, hours = _remaining_hours(result)
     n_old = sum(bool(r.get("superseded")) for r in result["rows"])
+    old_words = _superseded_words(result)
     sae_run = any(r["family"] == "sae" for r in rows)
     fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
     fit_rows = {r["n_tokens"] for r in rows}
@@ -1109,7 +1110,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
         *detail,
         "```",
         "",
-        *([_superseded_words(result), ""] if _superseded_words(result) else []),
+        *([old_words, ""] if old_words else []),
         f"* **What the scale changed** (k-means, `fvu_a`, against the demo's frontier): {changed}.",
         "* **Against k-means at equal latents** (`fvu_a`, paired 95 % interval on the same "
         "tokens): " + "; ".join(paired) + ".",

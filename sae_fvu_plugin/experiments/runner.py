@@ -153,8 +153,8 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     todo = [p for p in pts if not exp.is_cached(p)]
     if getattr(cfg, "cached_only", False) and todo:
         old = [p for p in todo if exp.superseded(p)]
-        todo = [p for p in todo if not exp.superseded(p)]
-        pts = [p for p in pts if exp.is_cached(p) or exp.superseded(p)]
+        todo = [p for p in todo if p not in old]
+        pts = [p for p in pts if p not in todo]  # the cached and the superseded
         if not pts:
             raise UsageError(
                 f"--cached-only: none of the {len(todo)} models of this grid is cached in "

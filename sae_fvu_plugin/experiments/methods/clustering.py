@@ -30,8 +30,8 @@ def _fitted(fn_name: str, *param_names: str) -> Any:
     return fit
 
 
-# the default seeding sample's rules in order, (floor, rows per cluster): each is
-# min(N, max(floor, per_cluster · k)), at least min(N, k) (``KMeansOptions.sample_size``)
+# the default seeding sample's rules in order, (floor, rows per cluster): each samples
+# max(floor, per_cluster · k) rows by ``KMeansOptions.sample_size`` (at most N, at least k)
 _SEEDING_RULES = ((32_768, 32), (65_536, 32), (SEED_SAMPLE_FLOOR, SEED_ROWS_PER_CLUSTER))
 
 
@@ -43,7 +43,10 @@ def _seeding_version(p: dict[str, Any], cfg: Any) -> int:
     (32 before the evening of 2026-12-06), i.e. more than 1,024 clusters on more than
     65,536 rows. The demo's 16,384 rows sample every row under every rule: version 1."""
     n, k = int(cfg.fit_tokens), int(p["n_clusters"])
-    sizes = [max(min(n, max(floor, per * k)), min(n, k)) for floor, per in _SEEDING_RULES]
+    sizes = [
+        KMeansOptions(init_sample=max(floor, per * k)).sample_size(n, k)
+        for floor, per in _SEEDING_RULES
+    ]
     assert sizes[-1] == KMeansOptions().sample_size(n, k), "_SEEDING_RULES ends with the rule"
     return max([i + 1 for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]], default=1)
 
