@@ -62,6 +62,27 @@ _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with 
 # (CONTRIBUTING.md "The gathered training step"); at the demo's d_sae 512 it gains ~20 %.
 _SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
 _GATHERED_COST = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
+# SAEs that start at a converged point (the k-means-initialised TopK starts on the top-1
+# SAE of the k-means codebook): the chosen rate's run stops at the first plateau check it
+# can pass — a curve of 5 points, 4 segments, at least its sweep — and the 50 %
+# continuation after it. At the original scale 393,216 of the budget's 1,572,864 tokens
+# (both layers, 2026-12-06, AMD EPYC: 101 / 97 s where the whole budget was costed ~450 s).
+_STARTS_CONVERGED = {"topk_kmeans_init"}
+
+
+def sae_tokens(cfg: Any, method: str) -> int:
+    """Tokens one SAE of ``method`` is costed at under ``cfg``: its rate sweep (each of
+    ``sae_lrs`` for min(``sae_sweep_tokens``, training rows)) plus the budget
+    min(``sae_max_tokens``, ``sae_max_passes`` · training rows) — or, for an SAE that
+    starts converged (``_STARTS_CONVERGED``), the other rates' sweeps plus
+    min(budget, 1.5 · max(4 · ``sae_eval_every``, sweep)), where it stops."""
+    n_train = cfg.train_tokens or cfg.fit_tokens
+    sweep = min(cfg.sae_sweep_tokens, n_train)
+    budget = min(cfg.sae_max_tokens, cfg.sae_max_passes * n_train)
+    if method in _STARTS_CONVERGED:
+        stop = min(budget, 1.5 * max(4 * cfg.sae_eval_every, sweep))
+        return int((len(cfg.sae_lrs) - 1) * sweep + stop)
+    return int(len(cfg.sae_lrs) * sweep + budget)
 
 
 def sae_cost(method: str, params: dict[str, Any]) -> float:
@@ -144,8 +165,8 @@ def stage_minutes(
       ``seed_speedup``: :func:`.runner.this_machine`; the Gaussian control's k-means
       iterations slower at scale);
     * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
-      (float32, 2 cores): its rate sweep plus its budget (min(sae_max_tokens,
-      sae_max_passes · train_tokens)), × d_sae / 512 × :func:`sae_cost`,
+      (float32, 2 cores) over :func:`sae_tokens` (its rate sweep plus its budget; the
+      k-means-initialised TopK to its first plateau check), × d_sae / 512 × :func:`sae_cost`,
       ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
     * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
       forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
@@ -153,10 +174,6 @@ def stage_minutes(
       dimension at 120 GFLOP/s; matching pursuit scores the codebook once per step) +
       ≈ 0.5 s; a Gaussian-control model is scored directly (≈ 1 s + the same SAE term).
     """
-    n_train = cfg.train_tokens or cfg.fit_tokens
-    sae_tokens = len(cfg.sae_lrs) * min(cfg.sae_sweep_tokens, n_train) + min(
-        cfg.sae_max_tokens, cfg.sae_max_passes * n_train
-    )
     recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
     seconds = {"start-up": 0.0, "activations": 0.0}
     missing = [layer for layer in cfg.layers if layer not in cached_layers]
@@ -185,7 +202,8 @@ def stage_minutes(
         latents = registry.get(p.method).d_sae(p.param_dict)
         if p.method in SAE_FAMILIES:
             cost = sae_cost(p.method, p.param_dict) / sae_speedup
-            sae += sae_tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
+            tokens = sae_tokens(cfg, p.method)
+            sae += tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
         else:
             clus += clustering_seconds(p)
         scored = cfg.eval_tokens * latents * 576 * 4 / 1.2e11 * p.param_dict.get("steps", 1)
