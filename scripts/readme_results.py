@@ -625,6 +625,14 @@ def _fit_minutes(row: dict[str, Any]) -> str:
     return "-" if not sec else f"{sec / 60:.1f}"
 
 
+def _model_key(
+    layer: int | str, method: str, params: dict[str, Any], source: str = "real"
+) -> tuple[int, str, str, str]:
+    """One model of a grid, whichever record names it (a results row, a runner point, a
+    paired comparison of the summary: real rows only)."""
+    return int(layer), method, source, json.dumps(params, sort_keys=True)
+
+
 def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
     """(points of the whole default grid, of them still to run, their estimated hours on
     the machine that computed ``result``) by the frontier's calibrated per-stage rates, scaled
@@ -635,14 +643,12 @@ def _remaining_hours(result: dict[str, Any]) -> tuple[int, list[Any], float]:
     c = result["config"]
     cfg = ReproduceConfig(layers=c["layers"])
     done = {  # a superseded row (an older version of its fit) is still to refit
-        (r["method"], r["layer"], r["source"], json.dumps(r["params"], sort_keys=True))
+        _model_key(r["layer"], r["method"], r["params"], r["source"])
         for r in result["rows"]
         if not r.get("superseded")
     }
     todo = [
-        p
-        for p in points(cfg)
-        if (p.method, p.layer, p.source, json.dumps(p.param_dict, sort_keys=True)) not in done
+        p for p in points(cfg) if _model_key(p.layer, p.method, p.param_dict, p.source) not in done
     ]
     machine = result.get("machine", {})
     minutes = stage_minutes(cfg, todo, (), machine.get("sae_speedup", 1.0), seed_speedup(machine))
@@ -1048,7 +1054,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     )
     summary = result["summary"]
     old_rows = {  # superseded models (an older version of their fit): marked where paired
-        (str(r["layer"]), r["method"], json.dumps(r["params"], sort_keys=True))
+        _model_key(r["layer"], r["method"], r["params"], r["source"])
         for r in rows
         if r.get("superseded")
     }
@@ -1056,7 +1062,7 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     for layer in _layers(summary):
         for b in summary[layer]["vs_kmeans_at_equal_d_sae"]:
             lo, hi = b["paired_ci"]
-            key = (str(layer), b["method"], json.dumps(b["params"], sort_keys=True))
+            key = _model_key(layer, b["method"], b["params"])
             mark = SUPERSEDED_MARK if key in old_rows else ""
             paired.append(
                 f"layer {layer}, {_model_name(b)}{mark}: {sig(b['ev_fvu_a_minus_kmeans'], 4)} "
