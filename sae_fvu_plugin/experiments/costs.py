@@ -75,12 +75,16 @@ def sae_tokens(cfg: Any, method: str) -> int:
     ``sae_lrs`` for min(``sae_sweep_tokens``, training rows)) plus the budget
     min(``sae_max_tokens``, ``sae_max_passes`` · training rows) — or, for an SAE that
     starts converged (``_STARTS_CONVERGED``), the other rates' sweeps plus
-    min(budget, 1.5 · max(4 · ``sae_eval_every``, sweep)), where it stops."""
+    min(budget, 1.5 · max((``PLATEAU_POINTS`` − 1) · ``sae_eval_every``, sweep)), where it
+    stops: the first plateau check and its continuation."""
+    from .methods.saes import PLATEAU_POINTS
+
     n_train = cfg.train_tokens or cfg.fit_tokens
     sweep = min(cfg.sae_sweep_tokens, n_train)
     budget = min(cfg.sae_max_tokens, cfg.sae_max_passes * n_train)
     if method in _STARTS_CONVERGED:
-        stop = min(budget, 1.5 * max(4 * cfg.sae_eval_every, sweep))
+        first_check = max((PLATEAU_POINTS - 1) * cfg.sae_eval_every, sweep)
+        stop = min(budget, 1.5 * first_check)
         return int((len(cfg.sae_lrs) - 1) * sweep + stop)
     return int(len(cfg.sae_lrs) * sweep + budget)
 

@@ -101,6 +101,9 @@ def _provider(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
             yield x[order[s : s + batch]].float()
 
 
+PLATEAU_POINTS = 5  # the fewest learning-curve points (0 included) the plateau rule judges
+
+
 def plateaued(curve: list[tuple[int, float]], tol: float) -> bool:
     """Held-out explained variance changed by < ``tol`` (relative) over the last fifth of
     training: |EV(t_end) − EV(t_a)| ≤ tol·|EV(t_end)| with t_a the last curve point at or
@@ -109,7 +112,7 @@ def plateaued(curve: list[tuple[int, float]], tol: float) -> bool:
     0.8·t_end, which at the fifth point of a curve starting at 0 is t_end itself: every
     SAE "plateaued" there, and one whose 50 % continuation then dipped was stopped at
     half a pass.)"""
-    if len(curve) < 5:
+    if len(curve) < PLATEAU_POINTS:
         return False
     t_end, v_end = curve[-1]
     start = [v for t, v in curve if t <= 0.8 * t_end][-1]
