@@ -1,19 +1,21 @@
-"""Greedy k-means++ seeding with bfloat16-screened candidate distances, against the plain
-float32 step, on the rows a fit seeds from (side by side, one run).
+"""Greedy k-means++ seeding with screened candidate distances, against the plain float32
+step, on the rows a fit seeds from (side by side, one run).
 
 Each greedy step scores the m sampled rows against 2 + ⌊ln k⌋ candidates; the product is
 a tall, skinny GEMM that dominates a large fit (~46 of 60 min at 16,384 clusters on
-786,432 rows). ``seeding._Screen`` takes that product in bfloat16 with a rigorous error
-bound and rescores in float32 only the rows a candidate may be nearer to, so the centres
-are the plain ones. Printed per layer and k: seconds of each path, the ratio, the share
-of rows rescored, and whether the centres are identical (they must be).
+786,432 rows). Two screens rule rows out with a rigorous bound and rescore in float32
+only the rows a candidate may be nearer to, so the centres are the plain ones:
+``seeding._Projected`` (a rank-64 projection plus the residual norm, in float32: any
+CPU) and, where this CPU's score calibration chose bfloat16, ``seeding._Screen`` (the
+whole product in bfloat16). Printed per layer and k: seconds of each path, the ratios,
+the share of rows scored exactly, and whether the centres are identical (they must be).
 
 Rows: the fit's own seeding sample — ``importance_sample`` of ``options.sample_size(n, k)``
 rows of the centred activations — from ``--acts`` (a ``sae-fvu reproduce`` activation
 cache: ``out/reproduce/cache/acts-*.pt``, 786,432 rows a layer) or, without it,
 ``--tokens`` rows collected by ``benchmarks/kmeans.py``'s cache. ``--steps`` caps the
 number of centres (the first steps, where more rows are near a candidate, are the
-screen's worst case).
+screens' worst case).
 
     python benchmarks/seeding_screen.py [--acts out/reproduce/cache] [--ks 4096 16384]
         [--steps 2048] [--layers 3 15] [--tokens 50000]
@@ -48,6 +50,7 @@ def layer_rows(layer: int, acts: Path | None, tokens: int) -> torch.Tensor:
 
 def main() -> None:
     from sae_fvu_plugin.clustering import KMeansOptions
+    from sae_fvu_plugin.clustering.precision import calibration
     from sae_fvu_plugin.clustering.reduce import LocalReducer
     from sae_fvu_plugin.clustering.seeding import _generator, greedy_kmeans_pp, importance_sample
 
@@ -59,7 +62,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 15])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("layer      k  rows m  steps  float32 s  screened s  ratio  rescored  same centres")
+    fast = calibration("cpu")["choice"] == "bfloat16"
+    paths = [("float32", False, None), ("projected", True, None)]
+    if fast:  # the bfloat16 screen where this CPU scores in bfloat16 (it then replaces the other)
+        paths.append(("bf16", True, torch.bfloat16))
+    head = "".join(f" {name:>9s} s" for name, _, _ in paths)
+    print(f"layer      k  rows m  steps{head}  ratios (float32 / each)  rows scored  same centres")
     for layer in args.layers:
         z = layer_rows(layer, args.acts, args.tokens)
 
@@ -70,19 +78,25 @@ def main() -> None:
             m = KMeansOptions().sample_size(len(z), k)
             rows, w = importance_sample(batches, m, 0, LocalReducer())
             steps = min(k, args.steps or k, len(rows))
-            times, out, counts = [], [], {"scored": 0, "rescored": 0}
-            for score in (None, torch.bfloat16):
+            times, out, shares = [], [], []
+            for _, prune, score in paths:
+                counts: dict[str, int] = {}
                 t = time.perf_counter()
                 c = greedy_kmeans_pp(
                     rows, steps, _generator(0, 1), 2 + int(math.log(k)), w,
-                    torch.float32, score, counts,
+                    torch.float32, score, counts, prune,
                 )  # fmt: skip
                 times.append(time.perf_counter() - t)
                 out.append(c)
-            share = counts["rescored"] / max(counts["scored"], 1)
+                last = "screen" if score is not None else "projected"
+                scored = counts.get(f"{last}_rescored")
+                shares.append(scored / max(steps * len(rows), 1) if scored is not None else 1.0)
+            secs = "".join(f" {t:11.1f}" for t in times)
+            ratios = " ".join(f"{times[0] / t:5.2f}" for t in times[1:])
+            share = " ".join(f"{s:6.2%}" for s in shares[1:])
+            same = all(torch.equal(out[0], c) for c in out[1:])
             print(
-                f"{layer:5d} {k:6d} {len(rows):7d} {steps:6d} {times[0]:10.1f} {times[1]:11.1f}"
-                f" {times[0] / times[1]:6.2f} {share:8.2%}  {torch.equal(out[0], out[1])}"
+                f"{layer:5d} {k:6d} {len(rows):7d} {steps:6d}{secs}  {ratios:>22s}  {share:>11s}  {same}"
             )
 
 

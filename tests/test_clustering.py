@@ -259,6 +259,65 @@ def test_screened_seeding_chooses_the_same_centres():
     assert torch.equal(plain, screened)
 
 
+def low_rank_blobs(n=5000, d=128, k=80, seed=0):
+    """Blobs whose centres span 12 of d directions, with unit noise in all d (activations'
+    energy sits in a few directions: the case the projected screen prunes)."""
+    g = torch.Generator().manual_seed(seed)
+    span = torch.linalg.qr(torch.randn(d, 12, generator=g, dtype=torch.float64)).Q
+    centers = torch.randn(k, 12, generator=g, dtype=torch.float64) * 8 @ span.T
+    lab = torch.randint(k, (n,), generator=g)
+    return centers[lab] + torch.randn(n, d, generator=g, dtype=torch.float64)
+
+
+def test_projected_screen_keeps_every_row_a_candidate_is_nearer_to():
+    """The rank-r bound drops only rows whose d32 to every candidate is ≥ their closest —
+    tested at near ties either side (one ulp-scale step), on centred data and far from the
+    origin, with massive rows."""
+    from sae_fvu_plugin.clustering.seeding import _Projected
+
+    for offset in (0.0, 300.0):
+        s = (low_rank_blobs(seed=4) + offset).float()
+        s[:4] *= 30
+        sq = s.square().sum(1)
+        proj = _Projected(s, sq, 32)
+        g = torch.Generator().manual_seed(0)
+        for trial in range(6):
+            idx = torch.randint(0, len(s), (9,), generator=g)
+            plain = (s @ s[idx].T).mul_(-2).add_(sq[:, None]).add_(sq[idx]).clamp_(min=0)
+            if trial < 3:
+                rel = torch.where(torch.arange(len(s)) % 2 == 0, 1 + 1e-6, 1 - 1e-6)
+                closest = plain[:, trial] * rel
+            else:
+                far = torch.randint(0, len(s), (300,), generator=g)
+                dfar = (s @ s[far].T).mul_(-2).add_(sq[:, None]).add_(sq[far]).clamp_(min=0)
+                closest = dfar.min(1).values
+            rows = proj.unsure(idx, closest)
+            dropped = torch.ones(len(s), dtype=torch.bool)
+            dropped[rows] = False
+            assert bool((plain[dropped] >= closest[dropped, None]).all())
+            if trial < 3:  # half the rows sit a hair above their closest: all kept
+                assert len(rows) >= (torch.arange(len(s)) % 2 == 1).sum() * 0.99
+            elif offset == 0:
+                assert len(rows) < 0.5 * len(s)  # and most rows are ruled out
+
+
+def test_projected_seeding_chooses_the_plain_centres_and_prunes():
+    from sae_fvu_plugin.clustering.seeding import _generator, greedy_kmeans_pp
+
+    x = low_rank_blobs(n=6000, seed=2)
+    x[:5] *= 40  # a few massive rows, as at layer 15
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    plain = greedy_kmeans_pp(x, 300, _generator(7), weights=w, dtype=torch.float32, prune=False)
+    counts: dict[str, int] = {}
+    pruned = greedy_kmeans_pp(x, 300, _generator(7), weights=w, dtype=torch.float32, counts=counts)
+    assert torch.equal(plain, pruned)
+    assert counts["projected_rescored"] < 0.3 * counts["projected_scored"]
+    both = greedy_kmeans_pp(
+        x, 300, _generator(7), weights=w, dtype=torch.float32, score_dtype=torch.bfloat16
+    )
+    assert torch.equal(plain, both)  # the bfloat16 screen on the projected screen's rows
+
+
 # ---------------------------------------------------------------------- options
 
 

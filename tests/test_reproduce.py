@@ -250,15 +250,18 @@ def test_the_machine_record_carries_the_sae_training_speedup():
     """A run that trains SAEs records how much faster than float32 they train (the
     estimate's SAE stage is divided by it); float32 training is 1, an experiment without
     SAEs records none."""
+    from sae_fvu_plugin.experiments.costs import PROJECTED_SEED_GAIN
     from sae_fvu_plugin.experiments.methods.saes import training_speedup
     from sae_fvu_plugin.experiments.runner import seed_speedup, this_machine
 
     assert training_speedup("float32", "cpu") == 1.0
     assert this_machine("cpu", "float32")["sae_speedup"] == 1.0
     assert "sae_speedup" not in this_machine("cpu")
-    # large seedings are costed ÷ the bfloat16 gain only where the fit scores in bfloat16
+    # large seedings are costed ÷ the bfloat16 gain where the fit scores in bfloat16, else
+    # ÷ the projected screen's measured gain
     m = this_machine("cpu")
-    assert m["seed_speedup"] == (m["bfloat16_gain"] if m["score_dtype"] == "bfloat16" else 1.0)
+    fp32 = PROJECTED_SEED_GAIN
+    assert m["seed_speedup"] == (m["bfloat16_gain"] if m["score_dtype"] == "bfloat16" else fp32)
     assert seed_speedup(m) == m["seed_speedup"]
     # a record written before the field: the same rule from its calibration
     old = {"factor": 0.36, "bfloat16_gain": 2.172, "score_dtype": "bfloat16"}

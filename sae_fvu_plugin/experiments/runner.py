@@ -194,7 +194,7 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
             if speedup != 1.0
             else ""
         )
-        + (f", large seedings ÷{seed:.2f} by its bfloat16 gain" if seed != 1.0 else "")
+        + (f", large seedings ÷{seed:.2f} by their screen's gain" if seed != 1.0 else "")
         + ")"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)
@@ -243,9 +243,11 @@ def machine_factor() -> float:
 def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any]:
     """What computed a run's rows: the device (CPU model and threads, or GPU; torch), its
     :func:`machine_factor`, the k-means score calibration's bfloat16 / float32 speed ratio
-    and choice (where it chose bfloat16, large greedy k-means++ seedings — screened in
-    bfloat16, :class:`..clustering.seeding._Screen` — are costed that many times faster:
-    ``seed_speedup``), and (an experiment that trains SAEs under ``sae_precision``) how many times
+    and choice, how many times faster than the plain float32 step its large greedy
+    k-means++ seedings run (``seed_speedup``: where it chose bfloat16, screened in
+    bfloat16 by :class:`..clustering.seeding._Screen`, the calibration's gain; elsewhere
+    screened by the rank-64 projection, :class:`..clustering.seeding._Projected`,
+    ``costs.PROJECTED_SEED_GAIN`` as measured on the AMD EPYC), and (an experiment that trains SAEs under ``sae_precision``) how many times
     faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
     import torch
 
@@ -258,7 +260,10 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
         "bfloat16_gain": round(float(cal["gain"]), 3),
         "score_dtype": cal["choice"],
     }
-    out["seed_speedup"] = seed_speedup(out)  # the bfloat16 gain where it scores in bfloat16
+    from .costs import PROJECTED_SEED_GAIN
+
+    bf16 = out["score_dtype"] == "bfloat16"
+    out["seed_speedup"] = out["bfloat16_gain"] if bf16 else PROJECTED_SEED_GAIN
     if sae_precision is not None:
         from .methods.saes import training_speedup
 
@@ -269,8 +274,8 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
 def seed_speedup(machine: dict[str, Any]) -> float:
     """How many times faster than float32 a machine record's large k-means++ seedings run:
     its ``seed_speedup``, else its ``bfloat16_gain`` where its score calibration chose
-    bfloat16 (how :func:`this_machine` sets the field, and how a record written before the
-    field is read)."""
+    bfloat16 and 1 where not (a record written before the field: before the projected
+    screen, float32 seedings ran the plain step)."""
     if "seed_speedup" in machine:
         return float(machine["seed_speedup"])
     return (
