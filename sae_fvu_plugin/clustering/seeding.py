@@ -244,8 +244,9 @@ class _Projected:
     where the plain step takes a (rows × d) one, in the data precision, so it pays on any
     CPU or GPU (:class:`_Screen` needs fast bfloat16).
 
-    With V (d × r) orthonormal (the sample's top principal directions; any orthonormal V is
-    exact, a good one prunes more), y_n = Vᵀ p_n and e_n = ‖p_n − V y_n‖ (float64, stored in
+    With V (d × r) orthonormal (the top principal directions of the sample's rows scaled
+    to unit norm, so the massive rows do not take them; any orthonormal V is exact, a good
+    one prunes more), y_n = Vᵀ p_n and e_n = ‖p_n − V y_n‖ (float64, stored in
     the data precision), Cauchy–Schwarz on the residual gives for the exact squared
     distance T of the stored values
 
@@ -270,9 +271,7 @@ class _Projected:
         u = unit_roundoff(s.dtype, dev)
         self.sigma = 8 * (d + 2) * u + 8 * (rank + 3) * u
         sub = s[:: max(1, m // _BASIS_ROWS)].to(torch.float64)
-        sub = sub / sub.norm(dim=1, keepdim=True).clamp_(
-            min=1e-30
-        )  # directions: massive rows count once
+        sub = sub / sub.norm(dim=1, keepdim=True).clamp(min=1e-30)  # massive rows count once
         basis = torch.linalg.eigh(sub.T @ sub).eigenvectors[:, -rank:]
         self.width = rank + 2 + (-(rank + 2)) % 8
         self.aug = torch.zeros(m, self.width, dtype=s.dtype, device=dev)
