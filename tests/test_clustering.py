@@ -318,6 +318,97 @@ def test_projected_seeding_chooses_the_plain_centres_and_prunes():
     assert torch.equal(plain, both)  # the bfloat16 screen on the projected screen's rows
 
 
+def test_an_interrupted_seeding_resumes_to_the_same_centres():
+    """Greedy k-means++ killed mid-way continues from its last saved state to the centres
+    of the uninterrupted call, bit for bit: plain, projected screen, bfloat16 screen."""
+    from sae_fvu_plugin.clustering.seeding import _generator, greedy_kmeans_pp
+
+    x = low_rank_blobs(n=3000, seed=3)
+    x[:4] *= 40
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5
+    for extra in ({"prune": False}, {}, {"score_dtype": torch.bfloat16}):
+        opts = {"weights": w, "dtype": torch.float32} | extra
+        full = greedy_kmeans_pp(x, 120, _generator(5), **opts)
+        saved: list[dict] = []
+
+        def save(state, saved=saved):
+            saved.append(state)
+            if len(saved) == 40:
+                raise KeyboardInterrupt  # killed right after its 40th save
+
+        with pytest.raises(KeyboardInterrupt):
+            greedy_kmeans_pp(x, 120, _generator(5), save=save, save_every=0.0, **opts)
+        assert [len(s["chosen"]) for s in saved[:3]] == [2, 3, 4]
+        again = greedy_kmeans_pp(x, 120, _generator(99), resume=saved[-1], **opts)
+        assert torch.equal(again, full), extra
+    assert not torch.equal(saved[-1]["screen"], torch.zeros(4))  # the screen's record kept
+    for edit, match in (
+        (lambda st: st.update(closest=st["closest"][:-1]), r"shape \(2999,\), the sample"),
+        (lambda st: st.update(closest=st["closest"].double()), "torch.float64, the fit's"),
+        (lambda st: st.update(chosen=torch.arange(120)), "120 chosen rows for k = 120"),
+        (lambda st: st.update(chosen=torch.tensor([3, 3])), "not distinct rows"),
+        (lambda st: st.update(rng=torch.zeros(3, dtype=torch.uint8)), "generator state"),
+    ):
+        bad = dict(saved[-1])
+        edit(bad)
+        with pytest.raises(ValueError, match=match):
+            greedy_kmeans_pp(x, 120, _generator(5), resume=bad, **opts)
+
+
+def test_a_fit_killed_while_seeding_resumes_from_its_seeding_checkpoint(tmp_path, monkeypatch):
+    """A fit killed during its greedy seeding (an hour at 16,384 clusters on 786k rows)
+    resumes from the seeding's last checkpoint — not from its first step — to the
+    uninterrupted result; a seeding state that does not fit is refused, file untouched."""
+    from sae_fvu_plugin.clustering import codebook_fit
+    from sae_fvu_plugin.clustering.checkpoint import Checkpoint, content_digest
+
+    x = low_rank_blobs(n=3000, d=32, seed=6)
+    opts = {"n_iter": 4, "tol": 0.0, "seed": 3, "progress": False}
+    full = fit_kmeans(x, 60, **opts)
+    ck = tmp_path / "km.pt"
+    monkeypatch.setattr(codebook_fit, "_SEED_SAVE_SECONDS", 0.0)
+    real_save = Checkpoint.save
+    seen = {"n": 0}
+
+    def save_then_die(self, payload):
+        real_save(self, payload)
+        current = payload.get("current") or {}
+        if current.get("seeding") is not None:
+            seen["n"] += 1
+            if seen["n"] == 25:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            fit_kmeans(x, 60, checkpoint=ck, **opts)
+    held = torch.load(ck, weights_only=True)
+    assert held["current"]["lloyd"] is None
+    assert len(held["current"]["seeding"]["chosen"]) == 26
+    real_greedy = codebook_fit.greedy_kmeans_pp
+    resumed_at = []
+
+    def spy(*args, **kwargs):
+        resumed_at.append(len(kwargs["resume"]["chosen"]) if kwargs.get("resume") else 0)
+        return real_greedy(*args, **kwargs)
+
+    bad = torch.load(ck, weights_only=True)
+    bad.pop("content_sha256")
+    bad["current"]["seeding"]["closest"] = bad["current"]["seeding"]["closest"][:10]
+    path = tmp_path / "bad.pt"
+    torch.save(bad | {"content_sha256": content_digest(bad)}, path)
+    raw = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"distances have shape \(10,\)"):
+        fit_kmeans(x, 60, checkpoint=path, **opts)
+    assert path.read_bytes() == raw
+    with monkeypatch.context() as m:
+        m.setattr(codebook_fit, "greedy_kmeans_pp", spy)
+        resumed = fit_kmeans(x, 60, checkpoint=ck, **opts)
+    assert resumed_at == [26]
+    assert torch.equal(resumed.W_enc, full.W_enc)
+    assert stage(resumed)["runs"][0]["inertia_history"] == stage(full)["runs"][0]["inertia_history"]
+
+
 # ---------------------------------------------------------------------- options
 
 

@@ -168,6 +168,11 @@ class Checkpoint:
             } | payload
             save_atomic(self.path, full | {"content_sha256": content_digest(full)})
 
+    def refuse(self, what: str) -> CheckpointError:
+        """The error for a checkpoint whose content does not fit this fit (``what``)."""
+        assert self.path is not None
+        return _fail(self.path, what)
+
     # ------------------------------------------------------------------------ loading
 
     def load(self) -> dict[str, Any] | None:
@@ -251,6 +256,10 @@ class Checkpoint:
                 raise _fail(path, "best run inertia is not a finite number")
         lloyd = current.get("lloyd")
         if lloyd is None:
+            seeding = current.get("seeding")
+            keys = {"chosen", "closest", "rng", "screen"}
+            if seeding is not None and not (isinstance(seeding, dict) and set(seeding) == keys):
+                raise _fail(path, "has a malformed seeding state")
             return
         if not isinstance(lloyd, dict):
             raise _fail(path, "has a malformed Lloyd state")

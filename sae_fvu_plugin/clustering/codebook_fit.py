@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ from .seeding import (
     uniform_sample,
 )
 from .source import ActivationSource, DataStats, data_stats, sub_rows
+
+_SEED_SAVE_SECONDS = 120.0  # an interrupted greedy seeding loses at most this much work
 
 
 @dataclass
@@ -329,6 +331,7 @@ class _StageFit:
         self.best: LloydResult | None = None
         self.first_run = 0
         self.restored: LloydState | None = None
+        self.seeding: dict[str, Any] | None = None  # an interrupted seeding's state
         self.sq_total: float | None = None
         self.label = (
             f"{kind} k={k}"
@@ -347,23 +350,26 @@ class _StageFit:
             self.first_run = run
             if current.get("lloyd") is not None:
                 self.restored = self.ckpt.restore(current["lloyd"], self.data.device)
+            else:
+                self.seeding = current.get("seeding")
 
-    def payload(self, run: int, state: LloydState) -> dict[str, Any]:
+    def payload(
+        self, run: int, state: LloydState | None, seeding: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint of run ``run``: its Lloyd ``state`` (a collective call), or while
+        it is still seeding (no state), the seeding's own."""
         best = None
         if self.best_c is not None:
             best = {
                 "centroids": self.best_c.cpu(),
                 "inertia": self.runs[_best_index(self.runs)]["inertia"],
             }
+        current = {"stage": self.index, "run": run, "runs": self.runs, "best": best}
+        if state is None:
+            return {"stages": self.done, "current": current | {"lloyd": None, "seeding": seeding}}
         return {
             "stages": self.done,
-            "current": {
-                "stage": self.index,
-                "run": run,
-                "runs": self.runs,
-                "best": best,
-                "lloyd": state_payload(state, self.reducer),
-            },
+            "current": current | {"lloyd": state_payload(state, self.reducer)},
         }
 
     def run_all(self, init: Any, n: int) -> tuple[LloydResult, LloydState]:
@@ -373,7 +379,21 @@ class _StageFit:
             if self.restored is not None and r == self.first_run:
                 state = self.restored
             else:
-                c0 = _seed(self.data, self.k, r, self.index, opts, init, self.reducer, n)
+                resume, self.seeding = self.seeding, None
+                save = None
+                if self.ckpt.path is not None:
+
+                    def save(seeding: dict[str, Any], r: int = r) -> None:
+                        self.ckpt.save(self.payload(r, None, seeding))
+
+                try:
+                    c0 = _seed(
+                        self.data, self.k, r, self.index, opts, init, self.reducer, n, resume, save
+                    )
+                except ValueError as err:
+                    if resume is None or not str(err).startswith("the seeding state"):
+                        raise
+                    raise self.ckpt.refuse(f"{err} (saved by another seeding)") from None
                 state = LloydState(centroids=c0.to(self.data.device))
                 if self.ckpt.path is not None:  # seeding at large k takes long: keep it
                     self.ckpt.save(self.payload(r, state))
@@ -484,9 +504,13 @@ def _seed(
     init: Any,
     reducer: LocalReducer,
     n: int,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> torch.Tensor:
     """Initial centroids of one run (the same on every rank: computed from gathered
-    samples with the same generator, then broadcast from rank 0)."""
+    samples with the same generator, then broadcast from rank 0). A greedy k-means++
+    seeding hands its state to ``save`` every ``_SEED_SAVE_SECONDS`` and continues from
+    ``resume`` (:func:`.seeding.greedy_kmeans_pp`); the other inits ignore both."""
     seed = options.seed + run + 7919 * stage
     if is_tensor(init):
         out = data.transform(init.to(torch.float64)).to(torch.float64)
@@ -515,11 +539,14 @@ def _seed(
                 weights=weights,
                 dtype=data.dtype,
                 score_dtype=data.score_dtype,
+                resume=resume,
+                save=save,
+                save_every=_SEED_SAVE_SECONDS,
             )
         else:
-            out = _uniform_seed(data, k, seed, options, reducer, n, init)
+            out = _uniform_seed(data, k, seed, options, reducer, n, init, resume, save)
     else:
-        out = _uniform_seed(data, k, seed, options, reducer, n, init)
+        out = _uniform_seed(data, k, seed, options, reducer, n, init, resume, save)
     out = reducer.broadcast(out.cpu())
     if out.shape[0] < k or not math.isfinite(float(out.sum())):
         raise RuntimeError(f"Seeding produced {out.shape[0]} centroids for k={k}.")
@@ -527,9 +554,17 @@ def _seed(
 
 
 def _uniform_seed(
-    data: _Data, k: int, seed: int, options: KMeansOptions, reducer: LocalReducer, n: int, init: str
+    data: _Data,
+    k: int,
+    seed: int,
+    options: KMeansOptions,
+    reducer: LocalReducer,
+    n: int,
+    init: str,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> torch.Tensor:
-    """Random rows, or greedy k-means++ on a uniform sample."""
+    """Random rows, or greedy k-means++ on a uniform sample (resumable as in :func:`_seed`)."""
     sample = uniform_sample(data.batches, options.sample_size(n, k), seed, reducer, data.row_offset)
     if init == "random":
         return random_rows(sample, k)
@@ -540,4 +575,7 @@ def _uniform_seed(
         options.local_trials(k),
         dtype=data.dtype,
         score_dtype=data.score_dtype,
+        resume=resume,
+        save=save,
+        save_every=_SEED_SAVE_SECONDS,
     )

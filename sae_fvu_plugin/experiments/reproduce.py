@@ -10,7 +10,8 @@ tokens; ``--fit-tokens 1048576`` with a larger ``--dataset``), every method also
 Gaussian control, all scored by SAEBench's own ``run_evals`` on 65,536 held-out tokens.
 
 Every stage is cached under ``out/reproduce/``, per layer: the activations (one
-memory-mapped file per layer), each k-means fit (checkpointed every iteration), each SAE, each evaluation; a rerun after
+memory-mapped file per layer), each k-means fit (its greedy seeding checkpointed every 2
+minutes, its Lloyd state every 5 iterations), each SAE, each evaluation; a rerun after
 ``kill -9`` anywhere continues where it stopped. The printed estimate is per stage and in
 total.
 
