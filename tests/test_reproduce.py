@@ -281,6 +281,33 @@ def test_the_pca_grid_is_not_drawn_without_clustering_rows(tmp_path):
     assert not (tmp_path / "pca_grid.png").exists()
 
 
+def test_a_resumed_fit_records_its_seconds_over_every_process(tmp_path):
+    """FitClock: the seconds of the process a fit was killed in (ticked to disk) are added
+    to the resuming process's, only where there is a checkpoint to resume from."""
+    from sae_fvu_plugin.experiments.fitting import FitClock
+
+    path = tmp_path / "ck.pt.seconds"
+    with FitClock(path, resume=False, every=0.01) as first:
+        deadline = time.time() + 5
+        while not path.exists() and time.time() < deadline:  # ticked while running
+            time.sleep(0.01)
+        assert path.exists() and float(path.read_text()) > 0
+    assert not first.resumed and first.seconds < 5
+    path.write_text("1000.5\n")  # a killed process's last tick
+    with FitClock(path, resume=True) as again:
+        pass
+    assert again.resumed and 1000.5 <= again.seconds < 1005
+    assert float(path.read_text()) == pytest.approx(again.seconds, abs=1e-3)
+    path.write_text("1000.5\n")
+    with FitClock(path, resume=False) as fresh:  # no checkpoint: the fit starts over
+        pass
+    assert not fresh.resumed and fresh.seconds < 5
+    path.write_text("garbage")
+    with FitClock(path, resume=True) as unreadable:
+        pass
+    assert unreadable.resumed and unreadable.seconds < 5
+
+
 def test_toy_reproduce_is_killed_and_continues(tmp_path, capsys):
     out = tmp_path / "reproduce"
     args = ["reproduce", *TOY, "--out", str(out)]

@@ -3,6 +3,8 @@ everything that produced it, and reloaded from there on every rerun."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,63 @@ from . import registry
 from .inputs import ExperimentInputs
 from .keys import fit_key
 from .points import FitInput, Point
+
+
+class FitClock:
+    """A fit's wall seconds over every process that worked on it: a killed fit resumes from
+    its checkpoint, and its time so far is kept beside it (``path``, rewritten atomically
+    every ``every`` seconds by a daemon thread), so the recorded ``fit_seconds`` of a fit
+    that spanned sessions is the sum of its parts (less at most ``every`` per kill). Only
+    with ``resume`` (its checkpoint is there to continue from) are earlier seconds counted:
+    a fit that starts over starts its clock over.
+    """
+
+    def __init__(self, path: Path, resume: bool, every: float = 30.0) -> None:
+        self.path, self.every, self.resume = path, every, resume
+        self.before = 0.0
+        self.resumed = False
+        self._start = 0.0
+        self._end: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent before this process plus this process's so far (until the exit)."""
+        end = time.perf_counter() if self._end is None else self._end
+        return self.before + (end - self._start)
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(f"{self.seconds:.3f}\n")
+            os.replace(tmp, self.path)
+        except OSError:  # the clock is a record, never a reason to stop a fit
+            pass
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> FitClock:
+        self.resumed = self.resume
+        try:
+            if self.resume:
+                self.before = max(0.0, float(self.path.read_text()))
+        except (OSError, ValueError):  # killed before its first tick, or unreadable
+            self.before = 0.0
+        self._start = time.perf_counter()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._end = time.perf_counter()
+        self._write()
 
 
 class Fits:
@@ -68,9 +127,10 @@ class Fits:
             self.fitted(point.base)
         acts, val, prov = self.inputs.fit_data(point, method.rows)
         ckpt = self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
-        started = time.perf_counter()
-        sae = method.fit(self._fit_input(point, acts, val, prov, ckpt))
-        seconds = time.perf_counter() - started
+        clock_file = ckpt.with_name(ckpt.name + ".seconds")
+        with FitClock(clock_file, resume=ckpt.exists()) as clock:
+            sae = method.fit(self._fit_input(point, acts, val, prov, ckpt))
+        seconds = clock.seconds
         meta = sae.cfg.metadata
         meta["experiment"] = {
             "key": self.key(point),
@@ -81,6 +141,8 @@ class Fits:
             "source": point.source,
             "fit_seconds": round(seconds, 3),
         }
+        if clock.resumed:  # (a fit that resumed a killed one: its seconds are summed)
+            meta["experiment"]["fit_resumed"] = True
         if prov is not None and meta.get("provenance") is None:
             meta["provenance"] = prov.to_dict()
         for k, v in self.inputs.base_metadata(point).items():
@@ -88,6 +150,7 @@ class Fits:
                 meta[k] = v
         _standardize_sae_cfg(sae.cfg)
         ckpt.unlink(missing_ok=True)
+        clock_file.unlink(missing_ok=True)
         return sae
 
     def _fit_input(self, point: Point, acts: Any, val: Any, prov: Any, ckpt: Path) -> FitInput:
