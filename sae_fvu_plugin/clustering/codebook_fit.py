@@ -531,18 +531,7 @@ def _seed(
             data.batches, options.sample_size(n, k), seed, reducer, data.row_offset
         )
         if len(rows) >= k:  # (a Bernoulli sample can fall short of k when m is near k)
-            out = greedy_kmeans_pp(
-                rows.to(data.device),
-                k,
-                _generator(seed, 1),
-                options.local_trials(k),
-                weights=weights,
-                dtype=data.dtype,
-                score_dtype=data.score_dtype,
-                resume=resume,
-                save=save,
-                save_every=_SEED_SAVE_SECONDS,
-            )
+            out = _greedy(data, rows, k, seed, options, resume, save, weights)
         else:
             out = _uniform_seed(data, k, seed, options, reducer, n, init, resume, save)
     else:
@@ -568,11 +557,27 @@ def _uniform_seed(
     sample = uniform_sample(data.batches, options.sample_size(n, k), seed, reducer, data.row_offset)
     if init == "random":
         return random_rows(sample, k)
+    return _greedy(data, sample, k, seed, options, resume, save)
+
+
+def _greedy(
+    data: _Data,
+    rows: torch.Tensor,
+    k: int,
+    seed: int,
+    options: KMeansOptions,
+    resume: dict[str, Any] | None,
+    save: Callable[[dict[str, Any]], None] | None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Greedy k-means++ on the sampled ``rows`` (``weights``: an importance sample's),
+    saving its state every ``_SEED_SAVE_SECONDS`` (resumable as in :func:`_seed`)."""
     return greedy_kmeans_pp(
-        sample.to(data.device),
+        rows.to(data.device),
         k,
         _generator(seed, 1),
         options.local_trials(k),
+        weights=weights,
         dtype=data.dtype,
         score_dtype=data.score_dtype,
         resume=resume,
