@@ -282,7 +282,8 @@ def test_projected_screen_keeps_every_row_a_candidate_is_nearer_to():
         proj = _Projected(s, sq, 32)
         g = torch.Generator().manual_seed(0)
         for trial in range(6):
-            idx = torch.randint(0, len(s), (9,), generator=g)
+            # 9, 16 and 17 candidates: padded to 16, 16 and 32 columns in the screen
+            idx = torch.randint(0, len(s), ((9, 16, 17)[trial % 3],), generator=g)
             plain = (s @ s[idx].T).mul_(-2).add_(sq[:, None]).add_(sq[idx]).clamp_(min=0)
             if trial < 3:
                 rel = torch.where(torch.arange(len(s)) % 2 == 0, 1 + 1e-6, 1 - 1e-6)
@@ -299,6 +300,9 @@ def test_projected_screen_keeps_every_row_a_candidate_is_nearer_to():
                 assert len(rows) >= (torch.arange(len(s)) % 2 == 1).sum() * 0.99
             elif offset == 0:
                 assert len(rows) < 0.5 * len(s)  # and most rows are ruled out
+        if offset == 0:  # rows farther from their centre than from the origin (early steps),
+            # candidates the massive rows (farther still): only those rows are kept
+            assert proj.unsure(torch.arange(4), 2 * sq + 1).tolist() == [0, 1, 2, 3]
 
 
 def test_projected_seeding_chooses_the_plain_centres_and_prunes():
