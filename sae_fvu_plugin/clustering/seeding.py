@@ -270,11 +270,12 @@ class _Projected:
     this product and of storing y, e; u of the data precision). A row with V_nc ≥
     closest_n − ‖y_n‖² − e_n² + σ ‖p_n‖² for every candidate c has d32(n, c) ≥ closest_n for
     all of them: the step leaves it as it is. The others are scored exactly
-    (:func:`_exact`). On SmolLM2's layer-3 activations at 64 directions and 4,096 centres
-    it keeps 36 % of the rows over the first eighth of the steps and 8 % over the last: a
-    whole seeding ~2× faster than the plain step (CONTRIBUTING.md, "The projected seeding
-    screen"). The triangle inequality from the chosen centres prunes less at a higher cost
-    (measured there too).
+    (:func:`_exact`). On SmolLM2's activations at 4,096 centres (AMD EPYC, float32) a
+    whole layer-3 seeding runs 3.4× faster than the plain step, 10 % of the rows scored
+    exactly; at layer 15, where 64 directions left 36 % of the rows over the first 1,024
+    steps, ``_RANK`` = 128 leaves 17 % (CONTRIBUTING.md, "The projected seeding screen").
+    The triangle inequality from the chosen centres prunes less at a higher cost (measured
+    there too).
     """
 
     def __init__(self, s: torch.Tensor, sq: torch.Tensor, rank: int) -> None:
@@ -348,7 +349,7 @@ class _Projected:
         return rows
 
 
-_RANK = 64  # projected directions (benchmarks/seeding_screen.py)
+_RANK = 128  # projected directions (at most d / 4; CONTRIBUTING.md, "The projected seeding screen")
 _RETRY = 16
 _BASIS_ROWS = 65_536  # rows the directions are estimated from
 
@@ -375,8 +376,8 @@ def greedy_kmeans_pp(
     Distances are the expansion in ``dtype``; with a lower ``score_dtype`` (the fit's
     calibrated score precision, bfloat16 where it is fast) each step's candidate distances
     are screened in it and only rows a candidate may be nearer to are scored in ``dtype``
-    (:class:`_Screen`). Before that, with ``prune`` (default), a bound from a rank-64
-    projection rules out most rows in a product ~1/8 the size (:class:`_Projected`).
+    (:class:`_Screen`). Before that, with ``prune`` (default), a bound from a rank-128
+    projection rules out most rows in a product ~1/4 the size (:class:`_Projected`).
     Both give the plain float32 step's centres (a step's potentials
     are summed in another order: the same centres unless two candidates' potentials agree
     to ~1e-13), many times faster in a large seeding. ``counts``, if given, receives each
