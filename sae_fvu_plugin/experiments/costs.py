@@ -34,10 +34,12 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 _LLOYD_EXPONENT = 0.87
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
 # How many times faster than the plain float32 step a whole greedy seeding runs with the
-# rank-64 projected screen (``seeding._Projected``) on a CPU that scores in float32: the
-# AMD EPYC, 4,096 centres on layer 3's / 15's importance samples (CONTRIBUTING.md, "The
-# projected seeding screen"); runner.this_machine records it as ``seed_speedup``.
-PROJECTED_SEED_GAIN = 1.35
+# rank-128 projected screen (``seeding._Projected``) on a CPU that scores in float32: the
+# AMD EPYC, 4,096 centres on layer 3's / 15's importance samples, 535 / 342 s plain against
+# 156 / 124 s screened, time-weighted (CONTRIBUTING.md, "The screen's own product, and its
+# rank"; 1.35 with the rank-64 screen's unpadded product); runner.this_machine records it
+# as ``seed_speedup``.
+PROJECTED_SEED_GAIN = 3.1
 _SEEDED = {"kmeans", "pca_kmeans"}
 # k-lines starts from the k-means codebook (its fit costed as the base's, no seeding of
 # its own): ~10 iterations whose cost grows as rows^0.935, between the AMX Xeon's and the
