@@ -273,9 +273,9 @@ class _Projected:
     (:func:`_exact`). On SmolLM2's activations at 4,096 centres (AMD EPYC, float32) a
     whole layer-3 seeding runs 3.4× faster than the plain step, 10 % of the rows scored
     exactly; at layer 15, where 64 directions left 36 % of the rows over the first 1,024
-    steps, ``_RANK`` = 128 leaves 17 % (CONTRIBUTING.md, "The projected seeding screen").
-    The triangle inequality from the chosen centres prunes less at a higher cost (measured
-    there too).
+    steps, ``_RANK`` = 128 leaves 17 % (CONTRIBUTING.md, "The screen's own product, and
+    its rank"). The triangle inequality from the chosen centres prunes less at a higher
+    cost (measured in its "The projected seeding screen").
     """
 
     def __init__(self, s: torch.Tensor, sq: torch.Tensor, rank: int) -> None:
@@ -331,9 +331,9 @@ class _Projected:
         """The rows a candidate ``idx`` may be nearer to than ``closest``: min over the
         candidates of V_nc below the row's threshold. The product's candidate columns
         are padded with zeros to a multiple of ``_SCREEN_COLUMNS`` and written into one
-        buffer reused by every step (m × 72 · 72 × 11 ran 2.3–3.4× slower as a fresh
-        11-column product on the AMD EPYC; CONTRIBUTING.md, "The projected seeding
-        screen"); the padding's columns are never read."""
+        buffer reused by every step (the screen ran 2.5–3.1× slower with a fresh
+        11-column product on the AMD EPYC; CONTRIBUTING.md, "The screen's own product,
+        and its rank"); the padding's columns are never read."""
         r, n = self.rank, len(idx)
         cols = n + (-n) % _SCREEN_COLUMNS
         c = torch.zeros(self.width, cols, dtype=self.aug.dtype, device=self.aug.device)
@@ -349,7 +349,7 @@ class _Projected:
         return rows
 
 
-_RANK = 128  # projected directions (at most d / 4; CONTRIBUTING.md, "The projected seeding screen")
+_RANK = 128  # projected directions, at most d / 4 (CONTRIBUTING.md: the screen's rank)
 _RETRY = 16
 _BASIS_ROWS = 65_536  # rows the directions are estimated from
 
