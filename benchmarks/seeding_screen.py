@@ -5,7 +5,7 @@ Each greedy step scores the m sampled rows against 2 + ⌊ln k⌋ candidates; th
 a tall, skinny GEMM that dominates a large fit (~46 of 60 min at 16,384 clusters on
 786,432 rows). Two screens rule rows out with a rigorous bound and rescore in float32
 only the rows a candidate may be nearer to, so the centres are the plain ones:
-``seeding._Projected`` (a rank-64 projection plus the residual norm, in float32: any
+``seeding._Projected`` (a rank-128 projection plus the residual norm, in float32: any
 CPU) and, where this CPU's score calibration chose bfloat16, ``seeding._Screen`` (the
 whole product in bfloat16). Printed per layer and k: seconds of each path, the ratios,
 the share of rows scored exactly, and whether the centres are identical (they must be).

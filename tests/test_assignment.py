@@ -112,6 +112,27 @@ def test_auto_precision_is_a_cached_measurement(tmp_path, monkeypatch):
         fit_kmeans(torch.randn(50, 4), 3, compute_dtype="fp8", progress=False)
 
 
+def test_the_calibration_key_tells_cpus_of_one_model_name_apart(tmp_path):
+    """Two "AMD EPYC"s, one AVX2-only and one with AVX-512-BF16, must not share a cached
+    calibration (bfloat16 is 1.8× faster on one, 7× slower on the other)."""
+    from sae_fvu_plugin.clustering.precision import cpu_name
+
+    def info(name: str, flags: str) -> str:
+        path = tmp_path / name
+        block = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu {flags} sse2\n\n"
+        path.write_text(block + block.replace(": 0", ": 1"))
+        return str(path)
+
+    avx2 = cpu_name(info("a", "avx2 fma"))
+    bf16 = cpu_name(info("b", "avx2 avx512f avx512_bf16"))
+    assert avx2 == "AMD EPYC [avx2]"
+    assert bf16 == "AMD EPYC [avx512_bf16 avx512f avx2]"
+    assert cpu_name(info("c", "")) == "AMD EPYC [no amx_bf16/avx512_bf16/avx512f/avx2]"
+    (tmp_path / "d").write_text("model name\t: Some CPU\n")  # no flags line: the name
+    assert cpu_name(str(tmp_path / "d")) == "Some CPU"
+    assert cpu_name(str(tmp_path / "missing"))  # not Linux: platform's name
+
+
 @pytest.mark.parametrize("score_dtype", DTYPES)
 def test_labels_and_bounds_hold_with_thousands_of_centroids(score_dtype):
     """At k ≥ 4,096 the top candidates come from group minima over padded centroid groups

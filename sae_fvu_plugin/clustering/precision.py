@@ -67,20 +67,39 @@ def resolve_score_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return _NAMED[calibration(device)["choice"]]
 
 
+# the CPU features that decide float32 and bfloat16 matmul speed, strongest first
+_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and, in brackets, which of the matmul features ``amx_bf16``,
+    ``avx512_bf16``, ``avx512f`` and ``avx2`` it has (from ``/proc/cpuinfo``; the model
+    name alone does not tell them apart: a cloud "AMD EPYC" may be AVX2-only or have
+    AVX-512-BF16, and bfloat16 pays on one and not the other)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for ln in f:  # the first processor's block is enough
+                key, _, value = ln.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not ln.strip():
+                    break
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "flags" not in fields:
+        return name
+    have = [f for f in _MATMUL_FLAGS if f in fields["flags"].split()]
+    return f"{name} [{' '.join(have) or 'no ' + '/'.join(_MATMUL_FLAGS)}]"
+
+
 def device_key(device: torch.device) -> str:
-    """``"cpu|<CPU model> ×<threads> threads|torch <version>"`` or ``"cuda|<GPU>|torch …"``."""
+    """``"cpu|<CPU model> [<matmul features>] ×<threads> threads|torch <version>"`` (see
+    :func:`cpu_name`) or ``"cuda|<GPU>|torch …"``."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(
-                    (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
-                )
-        except OSError:
-            pass
-        name += f" ×{torch.get_num_threads()} threads"
+        name = f"{cpu_name()} ×{torch.get_num_threads()} threads"
     return f"{device.type}|{name}|torch {torch.__version__}"
 
 

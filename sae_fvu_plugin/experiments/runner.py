@@ -246,7 +246,7 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
     and choice, how many times faster than the plain float32 step its large greedy
     k-means++ seedings run (``seed_speedup``: where it chose bfloat16, screened in
     bfloat16 by :class:`..clustering.seeding._Screen`, the calibration's gain; elsewhere
-    screened by the rank-64 projection, :class:`..clustering.seeding._Projected`,
+    screened by the rank-128 projection, :class:`..clustering.seeding._Projected`,
     ``costs.PROJECTED_SEED_GAIN`` as measured on the AMD EPYC), and (an experiment that trains SAEs under ``sae_precision``) how many times
     faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
     import torch
