@@ -892,10 +892,15 @@ def _names(names: list[str], field: str) -> str:
 
 
 def _cpu_words(name: str) -> str:
-    """A device key ("cpu|AMD EPYC ×2 threads|torch …") in words: "AMD EPYC (2 threads)"."""
+    """A device key in words: "cpu|AMD EPYC ×2 threads|torch …" → "AMD EPYC (2 threads)";
+    with the CPU's matmul features (keys from 2026-12-07), "cpu|AMD EPYC [avx512_bf16
+    avx512f avx2] ×2 threads|…" → "AMD EPYC (avx512_bf16, avx512f, avx2; 2 threads)"."""
     name = name.split("|")[1] if "|" in name else name
     cpu, _, threads = name.partition(" ×")
-    return f"{cpu}{f' ({threads})' if threads else ''}"
+    cpu, _, flags = cpu.partition(" [")
+    said = [", ".join(flags.rstrip("]").split())] if flags else []
+    said += [threads] if threads else []
+    return f"{cpu} ({'; '.join(said)})" if said else cpu
 
 
 def _machine_words(result: dict[str, Any]) -> str:

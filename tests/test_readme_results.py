@@ -247,6 +247,13 @@ def test_rows_computed_on_another_machine_are_named_with_it():
         r["computed_on"] = "cpu|AMD EPYC ×2 threads|torch 2.13.0+cpu"
     said = rr._machine_words(result)
     assert "(except 9 models computed on AMD EPYC (2 threads) (each row's `computed_on`" in said
+    result["rows"][9]["computed_on"] = "cpu|AMD EPYC [avx512_bf16 avx512f avx2] ×2 threads|t"
+    said = rr._machine_words(result)  # one model name, two CPUs: the features tell them apart
+    assert (
+        "(except 1 model computed on AMD EPYC (avx512_bf16, avx512f, avx2; 2 threads): "
+        f"`{result['rows'][9]['name']}`; 9 models computed on AMD EPYC (2 threads) (each row's "
+        in said
+    )
     result["rows"][1]["imported_from"] = "earlier.json"
     assert "machine no results.json recorded" not in rr._imported(result)
     del result["rows"][1]["computed_on"]
