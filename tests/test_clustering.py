@@ -244,6 +244,12 @@ def test_screened_seeding_distances_equal_the_float32_ones():
             elif offset == 0:
                 assert 0 < share < 0.4  # centred, most rows are screened out (gathered)
             # far from the origin the bound (∝ ‖p‖ ‖c‖) keeps more rows: still the answer
+            # on the rows another screen left (a few: gathered; most: the whole product),
+            # the same answer restricted to them
+            for keep in (0.05, 0.3, 0.9):
+                given = (torch.rand(len(s), generator=g) < keep).nonzero().flatten()
+                again = screen.unsure(idx, closest, given)
+                assert torch.equal(again, rows[torch.isin(rows, given)]), keep
 
 
 def test_screened_seeding_chooses_the_same_centres():
@@ -316,10 +322,17 @@ def test_projected_seeding_chooses_the_plain_centres_and_prunes():
     pruned = greedy_kmeans_pp(x, 300, _generator(7), weights=w, dtype=torch.float32, counts=counts)
     assert torch.equal(plain, pruned)
     assert counts["projected_rescored"] < 0.3 * counts["projected_scored"]
-    both = greedy_kmeans_pp(
-        x, 300, _generator(7), weights=w, dtype=torch.float32, score_dtype=torch.bfloat16
-    )
-    assert torch.equal(plain, both)  # the bfloat16 screen on the projected screen's rows
+    both: dict[str, int] = {}
+    cascade = greedy_kmeans_pp(
+        x, 300, _generator(7), weights=w, dtype=torch.float32, score_dtype=torch.bfloat16,
+        counts=both,
+    )  # fmt: skip
+    assert torch.equal(plain, cascade)
+    # the projected screen as alone; the bfloat16 one scored only rows it left (here the
+    # hard ones: its share stays high and it mostly waits), and left fewer of them
+    assert both["projected_rescored"] == counts["projected_rescored"]
+    assert 0 < both["screen_scored"] < both["projected_rescored"]
+    assert both["screen_rescored"] < both["screen_scored"]
 
 
 def test_an_interrupted_seeding_resumes_to_the_same_centres():
@@ -345,13 +358,19 @@ def test_an_interrupted_seeding_resumes_to_the_same_centres():
         assert [len(s["chosen"]) for s in saved[:3]] == [2, 3, 4]
         again = greedy_kmeans_pp(x, 120, _generator(99), resume=saved[-1], **opts)
         assert torch.equal(again, full), extra
-    assert not torch.equal(saved[-1]["screen"], torch.zeros(4))  # the screen's record kept
+    # both screens ran (projected, then bfloat16 on its rows): both records kept
+    assert saved[-1]["screen"].shape == (8,) and bool((saved[-1]["screen"] != 0).all())
+    assert saved[-1]["screen"][[1, 5]].tolist() == [40.0, 40.0]  # 40 steps, 41 centres
+    # a state saved when the bfloat16 screen ran alone (one record) still resumes
+    old = dict(saved[-1], screen=saved[-1]["screen"][4:].clone())
+    assert torch.equal(greedy_kmeans_pp(x, 120, _generator(99), resume=old, **opts), full)
     for edit, match in (
         (lambda st: st.update(closest=st["closest"][:-1]), r"shape \(2999,\), the sample"),
         (lambda st: st.update(closest=st["closest"].double()), "torch.float64, the fit's"),
         (lambda st: st.update(chosen=torch.arange(120)), "120 chosen rows for k = 120"),
         (lambda st: st.update(chosen=torch.tensor([3, 3])), "not distinct rows"),
         (lambda st: st.update(rng=torch.zeros(3, dtype=torch.uint8)), "generator state"),
+        (lambda st: st.update(screen=torch.zeros(6, dtype=torch.float64)), "not 4 or 8 float64"),
     ):
         bad = dict(saved[-1])
         edit(bad)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -176,8 +176,10 @@ class _Screen:
         self.bias = (1 - k2 - 2 * slack) * sq
         self.keep = (1 - 2 * slack) * sq
         self.share = 0.0  # moving average of the unsure share of rows
+        self.steps = 0
         self.rescored = 0
         self.scored = 0
+        self._rows: torch.Tensor | None = None  # gathered rows of aug, every step
 
     @staticmethod
     def pays(s: torch.Tensor, score_dtype: torch.dtype | None) -> bool:
@@ -186,32 +188,54 @@ class _Screen:
             return False
         return unit_roundoff(score_dtype, s.device) > 64 * unit_roundoff(s.dtype, s.device)
 
-    @property
-    def on(self) -> bool:
-        return self.share <= _SCREEN_OFF_SHARE
+    def use(self) -> bool:
+        """Whether this step runs the screen: while its unsure share (moving average) stays
+        at most ``_SCREEN_OFF_SHARE``, and every ``_RETRY``-th step when above (as
+        :meth:`_Projected.use`; after the projected screen the rows it sees are the hard
+        ones, and the share falls as centres are chosen)."""
+        self.steps += 1
+        return self.share <= _SCREEN_OFF_SHARE or self.steps % _RETRY == 0
 
     def progress(self) -> list[float]:
         """[share, steps, scored, rescored]: what a resumed seeding needs (:func:`seeding_state`)."""
-        return [self.share, 0.0, float(self.scored), float(self.rescored)]
+        return [self.share, float(self.steps), float(self.scored), float(self.rescored)]
 
     def restore(self, run: list[float]) -> None:
-        self.share, _, scored, rescored = run
-        self.scored, self.rescored = int(scored), int(rescored)
+        self.share, steps, scored, rescored = run
+        self.steps, self.scored, self.rescored = int(steps), int(scored), int(rescored)
 
-    def unsure(self, idx: torch.Tensor, closest: torch.Tensor) -> torch.Tensor:
+    def unsure(
+        self, idx: torch.Tensor, closest: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The rows a candidate ``idx`` may be nearer to than ``closest``: every other
-        row's d32 to every candidate is ≥ its ``closest``."""
-        d = self.s.shape[1]
-        c = torch.zeros(self.width, len(idx), dtype=self.s.dtype, device=self.s.device)
+        row's d32 to every candidate is ≥ its ``closest``. With ``rows`` (the rows another
+        screen left unsure, ascending) only those are screened — gathered into a buffer
+        kept for the seeding, or all rows screened and the answer taken on ``rows`` where
+        they are over ``_GATHER_SHARE`` of them — and the answer is a subset of them."""
+        d, n = self.s.shape[1], len(idx)
+        c = torch.zeros(self.width, n, dtype=self.s.dtype, device=self.s.device)
         c[:d] = -2 * self.s[idx].T
         c[d] = -self.k1 * self.norm[idx]
         c[d + 1] = self.bias[idx]
-        v = self.aug @ c.to(self.aug.dtype)
-        rows = (v < (closest - self.keep)[:, None]).any(1).nonzero().flatten()
-        self.rescored += len(rows)
-        self.scored += len(v)
-        self.share = 0.9 * self.share + 0.1 * len(rows) / max(len(v), 1)
-        return rows
+        c = c.to(self.aug.dtype)
+        m = self.aug.shape[0]
+        if rows is None or len(rows) > _GATHER_SHARE * m:
+            v = self.aug @ c
+            near = (v < (closest - self.keep)[:, None]).any(1)
+            out = near.nonzero().flatten() if rows is None else rows[near[rows]]
+        else:
+            if self._rows is None:
+                self._rows = torch.empty(
+                    int(_GATHER_SHARE * m) + 1, self.width, dtype=self.aug.dtype, device=c.device
+                )
+            part = torch.index_select(self.aug, 0, rows, out=self._rows[: len(rows)])
+            v = part @ c
+            out = rows[(v < (closest[rows] - self.keep[rows])[:, None]).any(1)]
+        seen = m if rows is None else len(rows)
+        self.rescored += len(out)
+        self.scored += seen
+        self.share = 0.9 * self.share + 0.1 * len(out) / max(seen, 1)
+        return out
 
     def near(self, idx: torch.Tensor, closest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, D): the rows a candidate ``idx`` may be nearer to than ``closest``, and
@@ -400,11 +424,10 @@ def greedy_kmeans_pp(
     w = torch.ones(m, dtype=dtype, device=dev) if weights is None else weights.to(dev, dtype)
     sq = s.square().sum(1)
     screen = _Screen(s, sq, score_dtype) if score_dtype and _Screen.pays(s, score_dtype) else None
-    proj = (  # where the bfloat16 screen is not fast (measured: CONTRIBUTING.md)
-        _Projected(s, sq, min(_RANK, s.shape[1] // 4))
-        if prune and screen is None and _Projected.pays(s)
-        else None
-    )
+    # both where both pay: the bfloat16 screen then scores only the projected one's rows
+    # (CONTRIBUTING.md, "Both screens on an AVX-512-BF16 CPU")
+    proj = _Projected(s, sq, min(_RANK, s.shape[1] // 4)) if prune and _Projected.pays(s) else None
+    screens = [part for part in (proj, screen) if part is not None]
 
     def dist_sq(idx: torch.Tensor) -> torch.Tensor:
         """(m, len(idx)) squared distances, clamped at 0 (one tall matmul)."""
@@ -421,7 +444,7 @@ def greedy_kmeans_pp(
         closest = dist_sq(torch.tensor([first]))[:, 0]
         closest[first] = 0.0
     else:
-        chosen, closest = _restore(resume, m, k, s.dtype, generator, screen or proj)
+        chosen, closest = _restore(resume, m, k, s.dtype, generator, screens)
         closest = closest.to(dev)
     used[torch.tensor(chosen, device=dev)] = True
     last_save = time.monotonic()
@@ -437,10 +460,10 @@ def greedy_kmeans_pp(
         else:
             draws = torch.rand(trials, generator=generator, dtype=torch.float64) * cum[-1]
             cand = torch.searchsorted(cum, draws).clamp_(max=m - 1).to(dev)
-            fast: _Screen | _Projected | None = screen if screen and screen.on else None
-            fast = proj if proj is not None and proj.use() else fast
-            if fast is not None:
-                rows = fast.unsure(cand, closest)
+            rows = proj.unsure(cand, closest) if proj is not None and proj.use() else None
+            if screen is not None and screen.use():  # on the projected screen's rows, if any
+                rows = screen.unsure(cand, closest, rows)
+            if rows is not None:
                 if buffer is None:
                     buffer = torch.empty(
                         int(_GATHER_SHARE * m) + 1, s.shape[1], dtype=s.dtype, device=dev
@@ -462,7 +485,7 @@ def greedy_kmeans_pp(
         chosen.append(nxt)
         used[nxt] = True
         if save is not None and len(chosen) < k and time.monotonic() - last_save >= save_every:
-            save(seeding_state(chosen, closest, generator, screen or proj))
+            save(seeding_state(chosen, closest, generator, screens))
             last_save = time.monotonic()
     if counts is not None:
         for name, part in (("screen", screen), ("projected", proj)):
@@ -475,13 +498,14 @@ def seeding_state(
     chosen: list[int],
     closest: torch.Tensor,
     generator: torch.Generator,
-    screen: _Screen | _Projected | None,
+    screens: Sequence[_Screen | _Projected],
 ) -> dict[str, Any]:
     """A greedy k-means++ seeding's state after a whole step (CPU copies): ``chosen`` (the
     rows taken, in order), ``closest`` (each row's squared distance to them, as the steps
-    computed it), ``rng`` (the generator's state) and ``screen`` (the running screen's
-    share, steps and row counts: which rows a step scores exactly, hence its sums' order)."""
-    run = [0.0, 0.0, 0.0, 0.0] if screen is None else screen.progress()
+    computed it), ``rng`` (the generator's state) and ``screen`` (each running screen's
+    share, steps and row counts, 4 values a screen, the projected one first: which rows a
+    step scores exactly, hence its sums' order)."""
+    run = [x for part in screens for x in part.progress()] or [0.0, 0.0, 0.0, 0.0]
     return {
         "chosen": torch.tensor(chosen, dtype=torch.long),
         "closest": closest.detach().to("cpu", copy=True),
@@ -496,10 +520,12 @@ def _restore(
     k: int,
     dtype: torch.dtype,
     generator: torch.Generator,
-    screen: _Screen | _Projected | None,
+    screens: Sequence[_Screen | _Projected],
 ) -> tuple[list[int], torch.Tensor]:
-    """(chosen, closest) of a saved :func:`seeding_state`, the generator and the screen set
-    back; ``ValueError`` when it was not saved for ``m`` points of ``dtype`` and ``k``."""
+    """(chosen, closest) of a saved :func:`seeding_state`, the generator and the screens set
+    back; ``ValueError`` when it was not saved for ``m`` points of ``dtype`` and ``k``. A
+    state with one screen's record where two screens run (saved before they ran together,
+    when the bfloat16 screen replaced the projected one) sets back the last of them."""
     if not isinstance(state, dict):
         raise ValueError(f"the seeding state is a {type(state).__name__}, not a dict")
     chosen, closest = state.get("chosen"), state.get("closest")
@@ -519,14 +545,20 @@ def _restore(
         raise ValueError("the seeding state's distances are not finite and non-negative")
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
         raise ValueError("the seeding state's generator state is not a uint8 tensor")
-    if not (isinstance(run, torch.Tensor) and run.shape == (4,) and run.dtype == torch.float64):
-        raise ValueError("the seeding state's screen record is not 4 float64 values")
+    sizes = {(4,), (4 * len(screens),)}
+    if not (isinstance(run, torch.Tensor) and run.shape in sizes and run.dtype == torch.float64):
+        raise ValueError(
+            f"the seeding state's screen record is not {' or '.join(str(n[0]) for n in sorted(sizes))} "
+            "float64 values"
+        )
     try:
         generator.set_state(rng)
     except RuntimeError as err:
         raise ValueError(f"the seeding state's generator state is invalid ({err})") from None
-    if screen is not None:
-        screen.restore(run.tolist())
+    values = run.tolist()
+    parts = screens if len(values) == 4 * len(screens) else screens[-1:]
+    for i, part in enumerate(parts):
+        part.restore(values[4 * i : 4 * i + 4])
     return [int(i) for i in chosen], closest.clone()
 
 
