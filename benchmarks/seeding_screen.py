@@ -6,8 +6,9 @@ a tall, skinny GEMM that dominates a large fit (~46 of 60 min at 16,384 clusters
 786,432 rows). Two screens rule rows out with a rigorous bound and rescore in float32
 only the rows a candidate may be nearer to, so the centres are the plain ones:
 ``seeding._Projected`` (a rank-128 projection plus the residual norm, in float32: any
-CPU) and, where this CPU's score calibration chose bfloat16, ``seeding._Screen`` (the
-whole product in bfloat16). Printed per layer and k: seconds of each path, the ratios,
+CPU) and, where this CPU's score calibration chose bfloat16, ``seeding._Screen`` after it
+(the rows the projected screen leaves, screened again by their whole product in
+bfloat16): "both". Printed per layer and k: seconds of each path, the ratios,
 the share of rows scored exactly, and whether the centres are identical (they must be).
 
 Rows: the fit's own seeding sample — ``importance_sample`` of ``options.sample_size(n, k)``
@@ -64,8 +65,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     fast = calibration("cpu")["choice"] == "bfloat16"
     paths = [("float32", False, None), ("projected", True, None)]
-    if fast:  # the bfloat16 screen where this CPU scores in bfloat16 (it then replaces the other)
-        paths.append(("bf16", True, torch.bfloat16))
+    if fast:  # where this CPU scores in bfloat16: the bfloat16 screen on the projected one's rows
+        paths.append(("both", True, torch.bfloat16))
     head = "".join(f" {name:>9s} s" for name, _, _ in paths)
     print(f"layer      k  rows m  steps{head}  ratios (float32 / each)  rows scored  same centres")
     for layer in args.layers:

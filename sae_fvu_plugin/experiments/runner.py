@@ -244,11 +244,12 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
     """What computed a run's rows: the device (CPU model and threads, or GPU; torch), its
     :func:`machine_factor`, the k-means score calibration's bfloat16 / float32 speed ratio
     and choice, how many times faster than the plain float32 step its large greedy
-    k-means++ seedings run (``seed_speedup``: where it chose bfloat16, screened in
-    bfloat16 by :class:`..clustering.seeding._Screen`, the calibration's gain; elsewhere
-    screened by the rank-128 projection, :class:`..clustering.seeding._Projected`,
-    ``costs.PROJECTED_SEED_GAIN`` as measured on the AMD EPYC), and (an experiment that trains SAEs under ``sae_precision``) how many times
-    faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
+    k-means++ seedings run (``seed_speedup``: screened by the rank-128 projection,
+    :class:`..clustering.seeding._Projected`, ``costs.PROJECTED_SEED_GAIN`` as measured on
+    the AVX2 AMD EPYC; where the calibration chose bfloat16 the rows it leaves are screened
+    again in bfloat16, :class:`..clustering.seeding._Screen`, so the larger of that and the
+    calibration's gain), and (an experiment that trains SAEs under ``sae_precision``) how
+    many times faster than float32 its SAE training runs (``sae_speedup``, 1 in float32)."""
     import torch
 
     from ..clustering.precision import calibration, device_key
@@ -263,7 +264,8 @@ def this_machine(device: str, sae_precision: str | None = None) -> dict[str, Any
     from .costs import PROJECTED_SEED_GAIN
 
     bf16 = out["score_dtype"] == "bfloat16"
-    out["seed_speedup"] = out["bfloat16_gain"] if bf16 else PROJECTED_SEED_GAIN
+    gain = max(out["bfloat16_gain"], PROJECTED_SEED_GAIN) if bf16 else PROJECTED_SEED_GAIN
+    out["seed_speedup"] = gain
     if sae_precision is not None:
         from .methods.saes import training_speedup
 
