@@ -91,7 +91,11 @@ class KMeansOptions:
         "file to save progress to; a re-run with the same data and options resumes from it "
         "to the identical result",
     )
-    checkpoint_every: int = _opt(5, "save the checkpoint every this many Lloyd iterations")
+    checkpoint_every: int = _opt(
+        5,
+        "save the checkpoint every this many Lloyd iterations (and after any iteration that "
+        "ends 2 min or more after the last save)",
+    )
     progress: bool = _opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:

@@ -432,6 +432,45 @@ def test_a_fit_killed_while_seeding_resumes_from_its_seeding_checkpoint(tmp_path
     assert stage(resumed)["runs"][0]["inertia_history"] == stage(full)["runs"][0]["inertia_history"]
 
 
+def test_a_slow_lloyd_run_is_saved_by_time_as_well(tmp_path, monkeypatch):
+    """Lloyd iterations that take minutes (16,384 clusters on 786k rows) are saved after
+    any iteration that ends ``_SEED_SAVE_SECONDS`` after the last save, not only every
+    ``checkpoint_every``-th: a kill loses about that much, and the rerun resumes from it
+    to the uninterrupted result."""
+    from sae_fvu_plugin.clustering import codebook_fit
+    from sae_fvu_plugin.clustering.checkpoint import Checkpoint
+
+    x = low_rank_blobs(n=2000, d=32, seed=8)
+    opts = {"n_iter": 6, "tol": 0.0, "seed": 1, "progress": False, "checkpoint_every": 5}
+    full = fit_kmeans(x, 20, **opts)
+    real_save = Checkpoint.save
+
+    def iterations(monkeypatch_seconds: float) -> list[int]:
+        at: list[int] = []
+
+        def spy(self, payload):
+            real_save(self, payload)
+            lloyd = (payload.get("current") or {}).get("lloyd")
+            if lloyd is not None:
+                at.append(lloyd["iteration"])
+                if lloyd["iteration"] == 3:
+                    raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(codebook_fit, "_SEED_SAVE_SECONDS", monkeypatch_seconds)
+            m.setattr(Checkpoint, "save", spy)
+            try:
+                fit_kmeans(x, 20, checkpoint=tmp_path / f"{monkeypatch_seconds}.pt", **opts)
+            except KeyboardInterrupt:
+                pass
+        return at
+
+    assert iterations(3600.0) == [0, 5, 6, 6]  # fast iterations: every 5th, the end, done
+    assert iterations(0.0) == [0, 1, 2, 3]  # slow ones: after each, killed after the 3rd
+    resumed = fit_kmeans(x, 20, checkpoint=tmp_path / "0.0.pt", **opts)
+    assert torch.equal(resumed.W_enc, full.W_enc)
+
+
 # ---------------------------------------------------------------------- options
 
 
