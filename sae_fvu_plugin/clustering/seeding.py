@@ -128,7 +128,41 @@ _GATHER_SHARE = 0.4  # above this share of unsure rows a step rescores all rows 
 _SCREEN_COLUMNS = 16  # the projected screen's candidate columns, padded to a multiple
 
 
-class _Screen:
+class _Running:
+    """What a greedy seeding's screens share: the moving share of rows a step left unsure,
+    the steps it ran, the rows it scored and left (``counts``), and when it runs."""
+
+    def __init__(self) -> None:
+        self.share = 0.0  # moving average of the unsure share of rows
+        self.steps = 0
+        self.rescored = 0
+        self.scored = 0
+
+    def use(self) -> bool:
+        """Whether this step runs the screen: while its unsure share stays at most
+        ``_SCREEN_OFF_SHARE``, and every ``_RETRY``-th step when above (the share falls as
+        centres are chosen; a step it cannot help costs ~1/8 more; after the projected
+        screen the bfloat16 one sees the hard rows)."""
+        self.steps += 1
+        return self.share <= _SCREEN_OFF_SHARE or self.steps % _RETRY == 0
+
+    def progress(self) -> list[float]:
+        """[share, steps, scored, rescored]: what a resumed seeding needs (:func:`seeding_state`)."""
+        return [self.share, float(self.steps), float(self.scored), float(self.rescored)]
+
+    def restore(self, run: list[float]) -> None:
+        self.share, steps, scored, rescored = run
+        self.steps, self.scored, self.rescored = int(steps), int(scored), int(rescored)
+
+    def counted(self, seen: int, out: torch.Tensor) -> torch.Tensor:
+        """``out``, the rows a step left unsure of the ``seen`` it screened, counted."""
+        self.rescored += len(out)
+        self.scored += seen
+        self.share = 0.9 * self.share + 0.1 * len(out) / max(seen, 1)
+        return out
+
+
+class _Screen(_Running):
     """The rows a greedy k-means++ step's candidates may be nearer to, screened by one
     low-precision product with a certified bound; only those rows are scored exactly.
 
@@ -175,10 +209,7 @@ class _Screen:
         self.aug[:, d + 1] = 1.0
         self.bias = (1 - k2 - 2 * slack) * sq
         self.keep = (1 - 2 * slack) * sq
-        self.share = 0.0  # moving average of the unsure share of rows
-        self.steps = 0
-        self.rescored = 0
-        self.scored = 0
+        super().__init__()
         self._rows: torch.Tensor | None = None  # gathered rows of aug, every step
 
     @staticmethod
@@ -187,22 +218,6 @@ class _Screen:
         if score_dtype is None or score_dtype == s.dtype:
             return False
         return unit_roundoff(score_dtype, s.device) > 64 * unit_roundoff(s.dtype, s.device)
-
-    def use(self) -> bool:
-        """Whether this step runs the screen: while its unsure share (moving average) stays
-        at most ``_SCREEN_OFF_SHARE``, and every ``_RETRY``-th step when above (as
-        :meth:`_Projected.use`; after the projected screen the rows it sees are the hard
-        ones, and the share falls as centres are chosen)."""
-        self.steps += 1
-        return self.share <= _SCREEN_OFF_SHARE or self.steps % _RETRY == 0
-
-    def progress(self) -> list[float]:
-        """[share, steps, scored, rescored]: what a resumed seeding needs (:func:`seeding_state`)."""
-        return [self.share, float(self.steps), float(self.scored), float(self.rescored)]
-
-    def restore(self, run: list[float]) -> None:
-        self.share, steps, scored, rescored = run
-        self.steps, self.scored, self.rescored = int(steps), int(scored), int(rescored)
 
     def unsure(
         self, idx: torch.Tensor, closest: torch.Tensor, rows: torch.Tensor | None = None
@@ -231,11 +246,7 @@ class _Screen:
             part = torch.index_select(self.aug, 0, rows, out=self._rows[: len(rows)])
             v = part @ c
             out = rows[(v < (closest[rows] - self.keep[rows])[:, None]).any(1)]
-        seen = m if rows is None else len(rows)
-        self.rescored += len(out)
-        self.scored += seen
-        self.share = 0.9 * self.share + 0.1 * len(out) / max(seen, 1)
-        return out
+        return self.counted(m if rows is None else len(rows), out)
 
     def near(self, idx: torch.Tensor, closest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, D): the rows a candidate ``idx`` may be nearer to than ``closest``, and
@@ -273,7 +284,7 @@ def _exact(
     return rows, torch.minimum(d32, closest[rows, None], out=d32)
 
 
-class _Projected:
+class _Projected(_Running):
     """The rows a greedy k-means++ step's candidates may be nearer to, screened by a
     certified lower bound from a rank-r projection (r ≪ d): one (rows × (r + 2)) product
     where the plain step takes a (rows × d) one, in the data precision, so it pays on any
@@ -324,32 +335,14 @@ class _Projected:
         self.rank = rank
         # ‖y‖² + e² − σ ‖p‖²: b_c of a candidate, and closest_n minus it a row's threshold
         self.keep = base - self.sigma * sq
-        self.share = 0.0  # moving average of the unsure share of rows
+        super().__init__()
         self._v: torch.Tensor | None = None  # the screen product's output, every step
-        self.steps = 0
-        self.rescored = 0
-        self.scored = 0
 
     @staticmethod
     def pays(s: torch.Tensor) -> bool:
         """Whether the data precision is fine enough for the bound to prune (not TF32) and
         the data wide enough for a projection to save work."""
         return s.shape[1] >= 16 and unit_roundoff(s.dtype, s.device) <= 2.0**-20
-
-    def progress(self) -> list[float]:
-        """[share, steps, scored, rescored]: what a resumed seeding needs (:func:`seeding_state`)."""
-        return [self.share, float(self.steps), float(self.scored), float(self.rescored)]
-
-    def restore(self, run: list[float]) -> None:
-        self.share, steps, scored, rescored = run
-        self.steps, self.scored, self.rescored = int(steps), int(scored), int(rescored)
-
-    def use(self) -> bool:
-        """Whether this step runs the screen: while its unsure share (moving average) stays
-        at most ``_SCREEN_OFF_SHARE``, and every ``_RETRY``-th step when above (the share
-        falls as centres are chosen; a step it cannot help costs ~1/8 more)."""
-        self.steps += 1
-        return self.share <= _SCREEN_OFF_SHARE or self.steps % _RETRY == 0
 
     def unsure(self, idx: torch.Tensor, closest: torch.Tensor) -> torch.Tensor:
         """The rows a candidate ``idx`` may be nearer to than ``closest``: min over the
@@ -366,11 +359,7 @@ class _Projected:
         if self._v is None or self._v.shape[1] != cols:
             self._v = torch.empty(self.aug.shape[0], cols, dtype=c.dtype, device=c.device)
         v = torch.mm(self.aug, c, out=self._v)[:, :n]
-        rows = (v.amin(1) < closest - self.keep).nonzero().flatten()
-        self.rescored += len(rows)
-        self.scored += len(v)
-        self.share = 0.9 * self.share + 0.1 * len(rows) / max(len(v), 1)
-        return rows
+        return self.counted(len(v), (v.amin(1) < closest - self.keep).nonzero().flatten())
 
 
 _RANK = 128  # projected directions, at most d / 4 (CONTRIBUTING.md: the screen's rank)
@@ -498,7 +487,7 @@ def seeding_state(
     chosen: list[int],
     closest: torch.Tensor,
     generator: torch.Generator,
-    screens: Sequence[_Screen | _Projected],
+    screens: Sequence[_Running],
 ) -> dict[str, Any]:
     """A greedy k-means++ seeding's state after a whole step (CPU copies): ``chosen`` (the
     rows taken, in order), ``closest`` (each row's squared distance to them, as the steps
@@ -520,7 +509,7 @@ def _restore(
     k: int,
     dtype: torch.dtype,
     generator: torch.Generator,
-    screens: Sequence[_Screen | _Projected],
+    screens: Sequence[_Running],
 ) -> tuple[list[int], torch.Tensor]:
     """(chosen, closest) of a saved :func:`seeding_state`, the generator and the screens set
     back; ``ValueError`` when it was not saved for ``m`` points of ``dtype`` and ``k``. A
