@@ -383,7 +383,12 @@ def test_a_fit_killed_while_seeding_resumes_from_its_seeding_checkpoint(tmp_path
     resumes from the seeding's last checkpoint — not from its first step — to the
     uninterrupted result; a seeding state that does not fit is refused, file untouched."""
     from sae_fvu_plugin.clustering import codebook_fit
-    from sae_fvu_plugin.clustering.checkpoint import Checkpoint, content_digest
+    from sae_fvu_plugin.clustering.checkpoint import (
+        Checkpoint,
+        FitProgress,
+        content_digest,
+        read_progress,
+    )
 
     x = low_rank_blobs(n=3000, d=32, seed=6)
     opts = {"n_iter": 4, "tol": 0.0, "seed": 3, "progress": False}
@@ -408,6 +413,7 @@ def test_a_fit_killed_while_seeding_resumes_from_its_seeding_checkpoint(tmp_path
     held = torch.load(ck, weights_only=True)
     assert held["current"]["lloyd"] is None
     assert len(held["current"]["seeding"]["chosen"]) == 26
+    assert read_progress(ck) == FitProgress(1, 0, 1, 0, 26 / 60, 0.0)  # the estimate's view
     real_greedy = codebook_fit.greedy_kmeans_pp
     resumed_at = []
 
@@ -492,6 +498,8 @@ def test_options_are_validated_before_work(x):
 
 
 def test_checkpoint_resume_is_identical(tmp_path):
+    from sae_fvu_plugin.clustering.checkpoint import read_progress
+
     x = torch.randn(
         3000, 8, generator=torch.Generator().manual_seed(0)
     )  # float32, slow to converge
@@ -513,6 +521,14 @@ def test_checkpoint_resume_is_identical(tmp_path):
         )
     saved = torch.load(ck, weights_only=True)
     assert 0 < saved["current"]["lloyd"]["iteration"] < 9
+    got = read_progress(ck)
+    assert got is not None and (got.seeded, got.iterated) == (
+        1.0, saved["current"]["lloyd"]["iteration"] / 9
+    )  # fmt: skip
+    assert got.done(0.5) == pytest.approx(0.5 + 0.5 * got.iterated)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ck.read_bytes()[:1000])
+    assert read_progress(broken) is None and read_progress(tmp_path / "none.pt") is None
     assert stage(full)["runs"][0]["n_iter_run"] == 9
     resumed = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck)
     assert torch.equal(resumed.W_enc, full.W_enc)

@@ -130,6 +130,75 @@ def test_residual_kmeans_is_costed_per_stage():
     )
 
 
+def test_a_resumed_fit_is_costed_by_what_its_checkpoint_left():
+    """A fit that resumes from a checkpoint costs the rest: its seeding and Lloyd shares
+    by their own progress (the 16,384-cluster seeding at layer 15 is ~40 of its ~60 min),
+    residual k-means by the stages done; the PCA of PCA + k-means is redone."""
+    from sae_fvu_plugin.clustering.checkpoint import FitProgress
+    from sae_fvu_plugin.experiments.costs import _ROW_SECONDS, _SEED_SECONDS, fit_seconds
+
+    n, k = 786_432, 16_384
+    whole = fit_seconds("kmeans", k, n, seed_speedup=3.1)
+    seed = _SEED_SECONDS * k * (n - 32_768) * 576 / 3.1
+    assert 0.5 < seed / whole < 0.8
+
+    def left(method: str, p: FitProgress, **kw: int) -> float:
+        return fit_seconds(method, k, n, seed_speedup=3.1, done=p, **kw)
+
+    assert left("kmeans", FitProgress(1, 0, 1, 0, 0.0, 0.0)) == pytest.approx(whole)
+    assert left("kmeans", FitProgress(1, 0, 1, 0, 1.0, 0.0)) == pytest.approx(whole - seed)
+    half = left("kmeans", FitProgress(1, 0, 1, 0, 1.0, 0.5))
+    assert half == pytest.approx((whole - seed) / 2)
+    assert left("kmeans", FitProgress(1, 0, 1, 0, 0.25, 0.0)) == pytest.approx(whole - seed / 4)
+    assert left("kmeans", FitProgress(1, 1, 1, 0, 1.0, 1.0)) == 0.0
+    pca = fit_seconds("pca_kmeans", k, n, seed_speedup=3.1)
+    assert left("pca_kmeans", FitProgress(1, 1, 1, 0, 1.0, 1.0)) == pytest.approx(
+        _ROW_SECONDS["pca_kmeans"] * n / 16_384
+    )
+    assert pca - left("pca_kmeans", FitProgress(1, 0, 1, 0, 1.0, 0.0)) == pytest.approx(seed)
+    res = fit_seconds("residual_kmeans", 512, n, stages=8)
+    two_done = fit_seconds("residual_kmeans", 512, n, stages=8, done=FitProgress(8, 2, 1, 0, 0, 0))
+    assert two_done == pytest.approx(res * 6 / 8)
+    # and the stage estimate takes a point's progress off its clustering fits only
+    cfg = ReproduceConfig(layers=[15], methods=["kmeans"], large_ks=[k], gaussian=False)
+    big = [p for p in points(cfg) if p.param_dict.get("n_clusters") == k]
+    fresh = stage_minutes(cfg, big, (), 1.0, 3.1)
+    resumed = stage_minutes(cfg, big, (), 1.0, 3.1, (), {big[0]: FitProgress(1, 0, 1, 0, 1, 0)})
+    cut = fresh["clustering fits"] - resumed["clustering fits"]
+    assert cut == pytest.approx(fresh["clustering fits"] * seed / whole)
+    assert {k: v for k, v in fresh.items() if k != "clustering fits"} == {
+        k: v for k, v in resumed.items() if k != "clustering fits"
+    }
+
+
+def test_a_run_killed_in_a_fit_prints_how_far_its_checkpoint_got(tmp_path, capsys, monkeypatch):
+    """Killed after its seeding (the checkpoint holds the seeds, Lloyd not started), the
+    rerun's estimate says so and costs only the rest; the rerun finishes the fit."""
+    from sae_fvu_plugin.clustering import codebook_fit
+
+    out = tmp_path / "killed"
+    args = [
+        "reproduce", *TOY, "--out", str(out),
+        "--methods", "kmeans", "--large-ks", "--large-pca-ns", "--no-gaussian",
+    ]  # fmt: skip
+
+    def dies(*a: object, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(codebook_fit, "lloyd", dies)
+        with pytest.raises(SystemExit) as killed:  # the CLI's Ctrl-C: one line, status 130
+            run(args)
+    assert killed.value.code == 130
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 1
+    capsys.readouterr()
+    result = run(args)
+    printed = capsys.readouterr().out
+    assert "L1-real-kmeans-k16 resumes from its checkpoint (seeding 100%, Lloyd 0%" in printed
+    assert [r["method"] for r in result["rows"]] == ["kmeans"]
+    assert not list((out / "checkpoints").glob("*.pt"))  # removed once the fit is saved
+
+
 def test_the_gaussian_controls_kmeans_is_costed_slower_at_scale():
     """On the Gaussian control Hamerly's bound prunes nothing: layer 15's k-means at 4,096
     on 786,432 rows took 1,152 s against the real rows' 740 s on the AMD EPYC (machine

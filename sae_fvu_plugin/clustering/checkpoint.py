@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,53 @@ class Checkpoint:
             rows=rows,
             movers=None if lloyd.get("movers") is None else lloyd["movers"].to(device),
         )
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """How far a checkpointed fit got: ``stages`` of its ``n_stages`` stages finished, and
+    in the running stage ``runs`` of its ``n_init`` runs, the running run's greedy
+    k-means++ seeding ``seeded`` (chosen centres / k; 1 once Lloyd runs) and Lloyd
+    ``iterated`` (iterations / n_iter; 1 once converged) through."""
+
+    n_stages: int
+    stages: int
+    n_init: int
+    runs: int
+    seeded: float
+    iterated: float
+
+    def done(self, seed_share: float) -> float:
+        """The fraction of the fit's work done, a stage's run costing ``seed_share`` in its
+        seeding and the rest in Lloyd: (stages + (runs + seed_share · seeded + (1 −
+        seed_share) · iterated) / n_init) / n_stages."""
+        run = seed_share * self.seeded + (1.0 - seed_share) * self.iterated
+        return min(1.0, (self.stages + (self.runs + run) / self.n_init) / self.n_stages)
+
+
+def read_progress(path: str | Path) -> FitProgress | None:
+    """The :class:`FitProgress` of the checkpoint at ``path``, for a time estimate: None
+    where there is no file or it is not a readable checkpoint of this format (the fit
+    itself then refuses it by name). Not validated against any fit's data or options."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if payload.get("kind") != KIND or payload.get("format") != FORMAT:
+            return None
+        settings, n_iter = payload["settings"], int(payload["n_iter"])
+        sizes, n_init = list(settings["stages"]), int(settings["n_init"])
+        stages, current = len(payload["stages"]), payload.get("current") or {}
+        runs, seeded, iterated = len(current.get("runs") or []), 0.0, 0.0
+        lloyd = current.get("lloyd")
+        if lloyd is not None:
+            seeded = 1.0
+            iterated = 1.0 if lloyd["converged"] else int(lloyd["iteration"]) / n_iter
+        elif current.get("seeding") is not None and stages < len(sizes):
+            seeded = len(current["seeding"]["chosen"]) / int(sizes[stages])
+        if not (sizes and n_init >= 1 and n_iter >= 1 and stages <= len(sizes)):
+            return None
+    except Exception:  # absent, truncated, another format: no progress to count
+        return None
+    return FitProgress(len(sizes), stages, n_init, runs, min(seeded, 1.0), min(iterated, 1.0))
 
 
 def _check_centroids(path: Path, what: str, t: Any, k: int, d: int) -> None:

@@ -8,13 +8,16 @@ frontier, the reproduce spec and the README script share one cost model.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..kmeans_options import KMeansOptions
 from . import registry
 from .frontier_summary import SAE_FAMILIES
 from .points import Point
+
+if TYPE_CHECKING:
+    from ..clustering.checkpoint import FitProgress
 
 # Seconds on 2 CPU cores (SmolLM2-135M, d_sae 512, 16k fit tokens, a fresh-clone `make
 # demo`) of one model's fit; the codebook SAEs reuse the k-means fit (0 s). PCA + k-means =
@@ -119,6 +122,7 @@ def fit_seconds(
     seed_speedup: float = 1.0,
     gaussian: bool = False,
     sample: int | None = None,
+    done: FitProgress | None = None,
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
@@ -129,8 +133,19 @@ def fit_seconds(
     ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
     ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the ``gaussian``
     control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (nothing
-    for Hamerly's bound to prune)."""
+    for Hamerly's bound to prune). A fit resumed from its checkpoint costs what is left
+    after ``done`` (:class:`..clustering.checkpoint.FitProgress`): its seeding and Lloyd
+    shares by their own progress (the other methods' by the fraction done)."""
     rows = fit_tokens / 16_384
+    if done is not None:
+        whole = fit_seconds(method, clusters, fit_tokens, d, stages, seed_speedup, gaussian, sample)
+        if method not in _SEEDED:
+            return whole * (1.0 - done.done(0.0))
+        m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
+        seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
+        extra = _ROW_SECONDS.get(method, 0.0) * rows  # the PCA, redone on a resume
+        staged = whole - extra
+        return extra + staged * (1.0 - done.done(seed / staged if staged > 0 else 0.0))
     if method == "residual_kmeans":
         stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
         kmeans = fit_seconds(
@@ -161,12 +176,14 @@ def stage_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, FitProgress] | None = None,
 ) -> dict[str, float]:
     """Wall minutes per stage on 2 CPU cores for the points ``pts`` of an experiment under
     ``cfg`` (a frontier-like config), the activations of ``cached_layers`` already on disk,
-    and the fits ``base_fits`` they start from that are not cached (a top-1 SAE's k-means:
-    :meth:`.fitting.Fits.base_fits`; their fits only, no evaluation), from rates measured
-    in runs on SmolLM2-135M:
+    the fits ``base_fits`` they start from that are not cached (a top-1 SAE's k-means:
+    :meth:`.fitting.Fits.base_fits`; their fits only, no evaluation), and the ``progress``
+    of the fits that resume from a checkpoint (:meth:`.fitting.Fits.progress`), from rates
+    measured in runs on SmolLM2-135M:
 
     * start-up (imports, model load, summary and plots) ≈ 15 s;
     * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
@@ -174,7 +191,7 @@ def stage_minutes(
       validation rows, in one pass to the deepest layer not cached;
     * clustering fits: :func:`fit_seconds` of each point's own latents (its seeding ÷
       ``seed_speedup``: :func:`.runner.this_machine`; the Gaussian control's k-means
-      iterations slower at scale);
+      iterations slower at scale), less what its checkpoint has done;
     * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
       (float32, 2 cores) over :func:`sae_tokens` (its rate sweep plus its budget; the
       k-means-initialised TopK to its first plateau check), × d_sae / 512 × :func:`sae_cost`,
@@ -205,6 +222,7 @@ def stage_minutes(
             stages=int(p.param_dict.get("n_stages", 1)),
             seed_speedup=seed_speedup,
             gaussian=p.source == "gaussian",
+            done=(progress or {}).get(p),
         )
 
     clus = sum(clustering_seconds(p) for p in base_fits)

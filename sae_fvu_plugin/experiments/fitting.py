@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import clustering  # noqa: F401  (registers the clustering SAE architectures)
 from ..kmeans_options import KMeansOptions
@@ -16,6 +16,9 @@ from . import registry
 from .inputs import ExperimentInputs
 from .keys import fit_key
 from .points import FitInput, Point
+
+if TYPE_CHECKING:
+    from ..clustering.checkpoint import FitProgress
 
 
 class FitClock:
@@ -106,6 +109,24 @@ class Fits:
                     out.append(base)
         return out
 
+    def checkpoint(self, point: Point) -> Path:
+        """Where ``point``'s fit keeps its checkpoint while it runs (removed once saved)."""
+        return self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
+
+    def progress(self, points: list[Point]) -> dict[Point, FitProgress]:
+        """How far the fits of ``points`` that left a checkpoint got (a killed run's),
+        for the time estimate (:func:`..clustering.checkpoint.read_progress`)."""
+        from ..clustering.checkpoint import read_progress
+
+        out = {}
+        for p in points:
+            path = self.checkpoint(p)
+            if not self.is_fitted(p) and path.is_file():
+                got = read_progress(path)
+                if got is not None:
+                    out[p] = got
+        return out
+
     def fitted(self, point: Point) -> Any:
         """The SAE of ``point`` (fitted at most once per output folder)."""
         if point in self._fitted:
@@ -126,7 +147,7 @@ class Fits:
         if point.base is not None:  # first, so that fit_seconds is this fit's own
             self.fitted(point.base)
         acts, val, prov = self.inputs.fit_data(point, method.rows)
-        ckpt = self.out / "checkpoints" / f"{point.name}-{self.key(point)}.pt"
+        ckpt = self.checkpoint(point)
         clock_file = ckpt.with_name(ckpt.name + ".seconds")
         with FitClock(clock_file, resume=ckpt.exists()) as clock:
             sae = method.fit(self._fit_input(point, acts, val, prov, ckpt))

@@ -27,8 +27,8 @@ summary (also printed).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import costs
 from .config import FrontierConfig
@@ -36,6 +36,9 @@ from .frontier_plots import plots
 from .frontier_summary import CSV_COLUMNS, SAE_FAMILIES, format_summary, format_table, summarize
 from .points import Point, select_methods
 from .runner import ExperimentSpec
+
+if TYPE_CHECKING:
+    from ..clustering.checkpoint import FitProgress
 
 __all__ = ["FRONTIER", "FrontierConfig", "estimate_minutes", "points"]
 
@@ -87,10 +90,13 @@ def stage_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, FitProgress] | None = None,
 ) -> dict[str, float]:
     """Wall minutes per stage of ``todo`` (default: every point; :func:`.costs.stage_minutes`)."""
     pts = points(cfg) if todo is None else todo
-    return costs.stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits)
+    return costs.stage_minutes(
+        cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
+    )
 
 
 def estimate_minutes(
@@ -100,9 +106,10 @@ def estimate_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, FitProgress] | None = None,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits)
+    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits, progress)
     return sum(stages.values())
 
 

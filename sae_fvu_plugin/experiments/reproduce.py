@@ -29,9 +29,9 @@ summary's ``original`` table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ReproduceConfig
 from .frontier import describe as frontier_describe
@@ -42,6 +42,9 @@ from .frontier_summary import CSV_COLUMNS, format_summary, format_table, summari
 from .points import Point, select_methods
 from .report import aligned, half_width
 from .runner import ExperimentSpec
+
+if TYPE_CHECKING:
+    from ..clustering.checkpoint import FitProgress
 
 __all__ = ["ORIGINAL", "REPRODUCE", "ReproduceConfig", "points", "stage_minutes"]
 
@@ -82,11 +85,14 @@ def stage_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, FitProgress] | None = None,
 ) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
     by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
     pts = points(cfg) if todo is None else todo
-    return frontier_stage_minutes(cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits)
+    return frontier_stage_minutes(
+        cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
+    )
 
 
 def estimate_minutes(
@@ -96,9 +102,10 @@ def estimate_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, FitProgress] | None = None,
 ) -> float:
     """The sum of :func:`stage_minutes`."""
-    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits)
+    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits, progress)
     return sum(stages.values())
 
 

@@ -115,7 +115,8 @@ class ExperimentSpec:
       the wall minutes of the points not yet cached, the activations of ``cached_layers``
       already on disk, SAE training ``sae_speedup`` and large k-means++ seedings
       ``seed_speedup`` times faster than float32, plus the fits ``base_fits`` that those
-      points start from and that are not cached;
+      points start from and that are not cached, less what the fits that resume from a
+      checkpoint have done (keyword ``progress``: :meth:`.fitting.Fits.progress`);
     * ``prepare(exp)``: context computed once before the points (default: none);
       ``evaluate(exp, context, sae, point)``: a point's rows (default: SAEBench on
       held-out tokens, the Gaussian control directly);
@@ -180,8 +181,10 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
     )
     factor, speedup = machine["factor"], machine.get("sae_speedup", 1.0)
     seed = seed_speedup(machine)
+    base = exp.fits.base_fits(todo)
+    resumed = exp.fits.progress(todo + base)
     minutes = spec.estimate_minutes(
-        cfg, todo, exp.inputs.cached_layers(), speedup, seed, exp.fits.base_fits(todo)
+        cfg, todo, exp.inputs.cached_layers(), speedup, seed, base, progress=resumed
     )
     status = (
         "everything is cached: printing the results"
@@ -195,6 +198,12 @@ def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> 
             else ""
         )
         + (f", large seedings ÷{seed:.2f} by their screen's gain" if seed != 1.0 else "")
+        + "".join(
+            f"; {p.name} resumes from its checkpoint ("
+            + (f"{got.stages} of {got.n_stages} stages done, " if got.n_stages > 1 else "")
+            + f"seeding {got.seeded:.0%}, Lloyd {got.iterated:.0%} of its iterations)"
+            for p, got in resumed.items()
+        )
         + ")"
     )
     print(f"{tag} {status}; output in {out}/", flush=True)

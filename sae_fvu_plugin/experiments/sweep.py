@@ -18,7 +18,7 @@ explicit, recorded ``explained_variance_exclude_norm_above`` option).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .config import SweepConfig
@@ -63,6 +63,7 @@ def estimate_minutes(
     sae_speedup: float = 1.0,
     seed_speedup: float = 1.0,
     base_fits: Sequence[Point] = (),
+    progress: Mapping[Point, Any] | None = None,
 ) -> float:
     """Wall minutes on 2 CPU cores, from rates measured in a fresh-clone run on SmolLM2-135M:
     the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after layer L; each
@@ -71,9 +72,9 @@ def estimate_minutes(
     overhead each) and a fit (≈ 4 s at 16k tokens and d_sae 512, more for large k · n); a
     Gaussian-control model costs its fit only. ``todo``: the share of points left;
     ``cached_layers``: layers whose activations are on disk (no forward pass);
-    ``sae_speedup``, ``seed_speedup`` and ``base_fits`` are accepted for the runner's sake
-    (the sweep trains no SAE, its seedings fit in the cache and no method of it starts from
-    another's fit)."""
+    ``sae_speedup``, ``seed_speedup``, ``base_fits`` and ``progress`` are accepted for the
+    runner's sake (the sweep trains no SAE, its seedings fit in the cache, no method of it
+    starts from another's fit and its fits take seconds)."""
     fit_s = 0.0
     for k, p in cfg.fits():
         fit_s += 6 * cfg.fit_tokens * 576 * (k + p) * 2 / 45e9 + 3.5
