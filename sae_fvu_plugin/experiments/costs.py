@@ -35,6 +35,13 @@ _ROW_SECONDS = {"pca_kmeans": 3.0}
 # max(65536, 64k))) sampled rows, memory-bound once they leave the cache, ∝ k·(m −
 # 32,768)·d (∝ k² at large k).
 _LLOYD_EXPONENT = 0.87
+# Above 4,096 clusters the clusters are small against the centroids' moves and Hamerly's
+# bound prunes later in a fit: Lloyd's iterations grow as k^1.25 there (layer 15 on the
+# AVX-512-BF16 EPYC, 786,432 rows, 30 iterations each: 4,086 clusters 350 s, the first 5
+# rescoring every row; 16,384 clusters 2,056 s, the first 7 every row — 5.9× for 4×
+# the clusters). Not on the Gaussian control, where no fit prunes (its own term below).
+_LLOYD_K_KNEE = 4096
+_LLOYD_K_EXPONENT = 0.25
 _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
 # How many times faster than the plain float32 step a whole greedy seeding runs with the
 # rank-128 projected screen (``seeding._Projected``) on a CPU that scores in float32: the
@@ -126,7 +133,8 @@ def fit_seconds(
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
-    rows^``_LLOYD_EXPONENT`` plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
+    rows^``_LLOYD_EXPONENT``, × (k / 4,096)^``_LLOYD_K_EXPONENT`` above 4,096 clusters,
+    plus the seeding ``_SEED_SECONDS``·k·(m − 32,768)·d ÷
     ``seed_speedup``, the gain of its bfloat16 screen where the machine scores in
     bfloat16, m the seeding ``sample``, by default ``KMeansOptions.sample_size``; k-lines,
     which starts from the k-means codebook, ∝ rows^``_KLINES_EXPONENT``), plus
@@ -165,7 +173,12 @@ def fit_seconds(
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
     seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
-    lloyd = fit * rows**_LLOYD_EXPONENT * (rows**_GAUSSIAN_LLOYD_EXPONENT if gaussian else 1.0)
+    if gaussian:
+        lloyd = fit * rows**_LLOYD_EXPONENT * rows**_GAUSSIAN_LLOYD_EXPONENT
+    else:
+        lloyd = (
+            fit * rows**_LLOYD_EXPONENT * max(1.0, clusters / _LLOYD_K_KNEE) ** _LLOYD_K_EXPONENT
+        )
     return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
