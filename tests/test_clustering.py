@@ -435,6 +435,12 @@ def test_a_fit_killed_while_seeding_resumes_from_its_seeding_checkpoint(tmp_path
         resumed = fit_kmeans(x, 60, checkpoint=ck, **opts)
     assert resumed_at == [26]
     assert torch.equal(resumed.W_enc, full.W_enc)
+    # its passes: the killed process's (saved with the state) plus the resuming one's
+    alone = {k: v for k, v in held.items() if k != "content_sha256"} | {"passes": 0}
+    torch.save(alone | {"content_sha256": content_digest(alone)}, path)
+    own = fit_kmeans(x, 60, checkpoint=path, **opts).cfg.metadata.passes
+    assert held["passes"] >= 1
+    assert resumed.cfg.metadata.passes == held["passes"] + own
     assert stage(resumed)["runs"][0]["inertia_history"] == stage(full)["runs"][0]["inertia_history"]
 
 
@@ -533,6 +539,8 @@ def test_checkpoint_resume_is_identical(tmp_path):
     resumed = fit_kmeans(batches, 16, n_iter=9, tol=0.0, seed=2, progress=False, checkpoint=ck)
     assert torch.equal(resumed.W_enc, full.W_enc)
     assert resumed.cfg.metadata.inertia == full.cfg.metadata.inertia
+    # the passes of both processes (the killed one's up to its last save): as if uninterrupted
+    assert 0 < saved["passes"] < full.cfg.metadata.passes == resumed.cfg.metadata.passes
     assert stage(resumed)["runs"][0]["inertia_history"] == stage(full)["runs"][0]["inertia_history"]
 
 
@@ -668,6 +676,7 @@ def test_tampered_checkpoints_are_refused_without_overwriting(x, tmp_path):
     tamper(no_rows, "rows for")
     tamper(bad_labels, "labels outside")
     tamper(bad_iteration, "outside")
+    tamper(lambda p: p.update(passes=-3), "invalid pass count -3")
 
     def other_finite_centroids(p):  # well-formed, but not the numbers the fit wrote
         p["current"]["lloyd"]["centroids"] += 1.0

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,11 @@ class Checkpoint:
         self.reducer = reducer
         self.local_sizes = local_sizes
         self.can_extend = can_extend
+        # passes over the data made by the processes before this one (from the loaded
+        # checkpoint), and this process's so far (set by the fit): saved as their sum, so
+        # a resumed fit records every pass it made, as its seconds
+        self.passes_before = 0
+        self.passes_now: Callable[[], int] = lambda: 0
 
     # ------------------------------------------------------------------------- saving
 
@@ -166,6 +172,7 @@ class Checkpoint:
                 "kind": KIND,
                 "settings": self.settings,
                 "n_iter": self.n_iter,
+                "passes": self.passes_before + self.passes_now(),
             } | payload
             save_atomic(self.path, full | {"content_sha256": content_digest(full)})
 
@@ -215,6 +222,9 @@ class Checkpoint:
                 else "a fit cannot be shortened"
             )
             raise _fail(path, f"n_iter: saved {saved_iter}, requested {self.n_iter} ({rule})")
+        passes = payload.get("passes", 0)  # (absent: written before passes were saved)
+        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+            raise _fail(path, f"has an invalid pass count {passes!r}")
         self._validate(payload)
         if digest != content_digest(payload):  # finite numbers edited after the write
             raise _fail(
@@ -223,6 +233,7 @@ class Checkpoint:
                 if digest
                 else "records no content hash",
             )
+        self.passes_before = passes
         return payload
 
     def _validate(self, payload: dict[str, Any]) -> None:

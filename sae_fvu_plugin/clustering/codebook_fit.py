@@ -95,7 +95,7 @@ class Codebook:
     records: list[StageRecord]
     stats: DataStats
     pca: PCAResult | None
-    passes: int  # passes over the data, all stages together
+    passes: int  # passes over the data, all stages (and processes of a resumed fit) together
     settings: dict[str, Any]
 
     @property
@@ -203,6 +203,7 @@ def fit_codebook(
         stats.local_sizes,
         can_extend=can_extend,
     )
+    ckpt.passes_now = lambda: data.passes
     done, current = _resume_point(ckpt, can_extend, options.n_iter)
     centroids: list[torch.Tensor] = []
     records: list[StageRecord] = []
@@ -237,7 +238,7 @@ def fit_codebook(
         records=records,
         stats=stats,
         pca=pca,
-        passes=data.passes,
+        passes=ckpt.passes_before + data.passes,  # a resumed fit's too: every process's
         # the score precision changes the speed only (labels are certified): not a setting
         settings=settings | {"n_iter": options.n_iter, "score_dtype": str(score_dtype)},
     )
