@@ -88,7 +88,9 @@ def stage_minutes(
     progress: Mapping[Point, FitProgress] | None = None,
 ) -> dict[str, float]:
     """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
-    by its own latents: a 16,384-cluster k-means costs 4× a 4,096 one) of this grid."""
+    by its own latents: a 16,384-cluster k-means' Lloyd costs 4 × √2 its 4,096-cluster
+    one's, :data:`.costs._LLOYD_K_EXPONENT`) of this grid, less what the fits resuming from
+    a checkpoint have done (``progress``)."""
     pts = points(cfg) if todo is None else todo
     return frontier_stage_minutes(
         cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
