@@ -994,7 +994,8 @@ def render_original(result: dict[str, Any], sweep: dict[str, Any], frontier: dic
     n_old = sum(bool(r.get("superseded")) for r in result["rows"])
     old_words = _superseded_words(result)
     sae_run = any(r["family"] == "sae" for r in rows)
-    fit_total = sum(r.get("fit_seconds") or 0.0 for r in rows) / 60
+    # every row's fit, the Gaussian controls' too ("the fits took ... in all")
+    fit_total = sum(r.get("fit_seconds") or 0.0 for r in result["rows"]) / 60
     fit_rows = {r["n_tokens"] for r in rows}
     eval_rows = {r["n_eval_tokens"] for r in rows}
     table = [
