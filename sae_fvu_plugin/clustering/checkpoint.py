@@ -365,7 +365,8 @@ def read_progress(path: str | Path) -> FitProgress | None:
     where there is no file or it is not a readable checkpoint of this format (the fit
     itself then refuses it by name). Not validated against any fit's data or options."""
     try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        # memory-mapped: only the counts are read, not the rows' labels and bounds
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
         if payload.get("kind") != KIND or payload.get("format") != FORMAT:
             return None
         settings, n_iter = payload["settings"], int(payload["n_iter"])

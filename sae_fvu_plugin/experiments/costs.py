@@ -120,6 +120,15 @@ def sae_cost(method: str, params: dict[str, Any]) -> float:
 _MEASURED_OVER_FORMULA = 9.6 / 10.35
 
 
+def _seed_seconds(
+    clusters: int, fit_tokens: int, d: int, seed_speedup: float, sample: int | None
+) -> float:
+    """A greedy k-means++ seeding's seconds beyond the demo's: ``_SEED_SECONDS``·k·(m −
+    32,768)·d ÷ ``seed_speedup``, m the ``sample`` (default ``KMeansOptions.sample_size``)."""
+    m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
+    return _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
+
+
 def fit_seconds(
     method: str,
     clusters: int,
@@ -149,8 +158,7 @@ def fit_seconds(
         whole = fit_seconds(method, clusters, fit_tokens, d, stages, seed_speedup, gaussian, sample)
         if method not in _SEEDED:
             return whole * (1.0 - done.done(0.0))
-        m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
-        seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
+        seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
         extra = _ROW_SECONDS.get(method, 0.0) * rows  # the PCA, redone on a resume
         staged = whole - extra
         return extra + staged * (1.0 - done.done(seed / staged if staged > 0 else 0.0))
@@ -171,8 +179,7 @@ def fit_seconds(
         return fit * rows**_KLINES_EXPONENT
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
-    m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
-    seed = _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
+    seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
     if gaussian:
         lloyd = fit * rows**_LLOYD_EXPONENT * rows**_GAUSSIAN_LLOYD_EXPONENT
     else:
