@@ -71,13 +71,26 @@ _STAGE_EXPONENT = 1.11
 # the AMD EPYC: 1,152 s against the real rows' 740 s, the seeding ≈ 290 s of both),
 # ∝ (rows / 16,384)^0.215 between.
 _GAUSSIAN_LLOYD_EXPONENT = 0.215
+# PCA + k-means clusters the residual after its first n_pca components, which the bound
+# prunes less the more components are gone: its Lloyd iterations cost (1 + (G − 1) ·
+# min(1, n_pca / ``_PCA_UNPRUNED``)²) times k-means' (at least the k^1.25 factor above
+# 4,096 clusters), G = rows^``_GAUSSIAN_LLOYD_EXPONENT`` the Gaussian control's (nothing
+# pruned; 1 at the demo's 16,384 rows). Fitted by eye on layer 15 (AVX-512-BF16 EPYC):
+# Lloyd 350 / 595 / 597 s at n_pca 10 / 200 / 500, 1.2 / 2.1 / 2.3 × k-means' formula (the
+# bound rescored every row for 5 / 9 / all 30 iterations), the whole fit at n_pca 100 76 s
+# above n_pca 10's; layer 3 (AVX2 EPYC) grows less: whole fits 854 / 933 / 945 s at n_pca
+# 10 / 100 / 200.
+_PCA_UNPRUNED = 200
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
-# "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8;
+# "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8,
+# JumpReLU 1.4 (its threshold's straight-through gradients: measured 1.3–1.6 × BatchTopK's
+# time against the formula, on the AMX Xeon's real rows and the AVX-512-BF16 EPYC's
+# Gaussian control at both layers; it was costed 1.0, as TopK);
 # the gathered step (``methods.saes.gathered_step``) from d_sae 2,048 on: TopK measured at
 # scale, BatchTopK / Matryoshka with its pooled selection scaled by their benchmark gain
 # (CONTRIBUTING.md "The gathered training step"); at the demo's d_sae 512 it gains ~20 %.
-_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8}
+_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8, "jumprelu": 1.4}
 _GATHERED_COST = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
 # SAEs that start at a converged point (the k-means-initialised TopK starts on the top-1
 # SAE of the k-means codebook): the chosen rate's run stops at the first plateau check it
@@ -139,6 +152,7 @@ def fit_seconds(
     gaussian: bool = False,
     sample: int | None = None,
     done: FitProgress | None = None,
+    n_pca: int = 0,
 ) -> float:
     """A clustering fit's seconds (EPYC float32 rates): ``_FIT_SECONDS`` (2 s otherwise)
     per 512 clusters at 16,384 rows, ∝ rows (k-means and PCA + k-means: ∝
@@ -150,12 +164,16 @@ def fit_seconds(
     ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
     ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the ``gaussian``
     control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (nothing
-    for Hamerly's bound to prune). A fit resumed from its checkpoint costs what is left
+    for Hamerly's bound to prune), and PCA + k-means' by (1 + (G − 1) · min(1, ``n_pca`` /
+    ``_PCA_UNPRUNED``)²), G that Gaussian factor (its residual prunes less the more
+    components are gone). A fit resumed from its checkpoint costs what is left
     after ``done`` (:class:`..clustering.checkpoint.FitProgress`): its seeding and Lloyd
     shares by their own progress (the other methods' by the fraction done)."""
     rows = fit_tokens / 16_384
     if done is not None:
-        whole = fit_seconds(method, clusters, fit_tokens, d, stages, seed_speedup, gaussian, sample)
+        whole = fit_seconds(
+            method, clusters, fit_tokens, d, stages, seed_speedup, gaussian, sample, n_pca=n_pca
+        )
         if method not in _SEEDED:
             return whole * (1.0 - done.done(0.0))
         seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
@@ -180,12 +198,15 @@ def fit_seconds(
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
+    unpruned = rows**_GAUSSIAN_LLOYD_EXPONENT
     if gaussian:
-        lloyd = fit * rows**_LLOYD_EXPONENT * rows**_GAUSSIAN_LLOYD_EXPONENT
+        pruning = unpruned
     else:
-        lloyd = (
-            fit * rows**_LLOYD_EXPONENT * max(1.0, clusters / _LLOYD_K_KNEE) ** _LLOYD_K_EXPONENT
+        pruning = max(
+            max(1.0, clusters / _LLOYD_K_KNEE) ** _LLOYD_K_EXPONENT,
+            1.0 + (max(unpruned, 1.0) - 1.0) * min(1.0, n_pca / _PCA_UNPRUNED) ** 2,
         )
+    lloyd = fit * rows**_LLOYD_EXPONENT * pruning
     return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
@@ -243,6 +264,7 @@ def stage_minutes(
             seed_speedup=seed_speedup,
             gaussian=p.source == "gaussian",
             done=(progress or {}).get(p),
+            n_pca=int(p.param_dict.get("n_pca", 0)),
         )
 
     clus = sum(clustering_seconds(p) for p in base_fits)
