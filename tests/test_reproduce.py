@@ -578,8 +578,25 @@ def test_subset_runs_then_a_layer_is_added(tmp_path, capsys):
         run([*base, "--out", str(tmp_path / "empty"), "--cached-only"])
     assert exit_.value.code == 2
     assert "none of the 2 models" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown method 'kmeens'"):
+    with pytest.raises(ValueError, match="--methods kmeens: no such method; choose from kmeans"):
         points(ReproduceConfig(methods=["kmeens"]))
+    # on the command line one line and exit 2, before any model pass: an unknown method,
+    # and an n_pca not below the hooked width (SmolLM2's 576), which failed the fit late
+    empty = tmp_path / "refused"
+    for extra, match in (
+        (["--methods", "kmeans", "kmeens"], "--methods kmeens: no such method"),
+        (
+            ["--methods", "pca_kmeans", "--d-sae", "1024", "--pca-ns", "2", "600"],
+            "L1-real-pca_kmeans-k424-p600: n_pca 600 must be below the width 576 of "
+            "blocks.1.hook_resid_post",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            run(["reproduce", *TOY, "--out", str(empty), "--large-ks", "--large-pca-ns", *extra])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not (empty / "cache").exists()
     with pytest.raises(ValueError, match="selects none"):
         points(ReproduceConfig(methods=["standard"], l1_coefficients=[]))
 

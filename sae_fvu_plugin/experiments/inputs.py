@@ -55,8 +55,8 @@ class ExperimentInputs:
         self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
         ctx = cfg.context_size
         self.model = load_model(cfg.model, device=device, n_ctx=max(ctx, 128))
-        for hook in self.hooks():  # a UsageError naming the model's layers, before any work
-            model_hook_width(self.model, hook)
+        # a UsageError naming the model's layers, before any work
+        self.widths = {layer: model_hook_width(self.model, cfg.hook(layer)) for layer in cfg.layers}
         self.n_fit_ctx = -(-cfg.rows_tokens // (ctx - 1))
         self.n_val_ctx = -(-cfg.val_tokens // (ctx - 1)) if cfg.val_tokens else 0
         # SAEBench draws its KL/CE batches first and the variance batches after them (its

@@ -78,8 +78,12 @@ def select_methods(pts: list[Point], methods: list[str]) -> list[Point]:
     if not methods:
         return pts
 
-    for name in methods:
-        registry.get(name)  # raises, naming every registered method
+    unknown = [name for name in methods if name not in registry.METHODS]
+    if unknown:
+        raise ValueError(
+            f"--methods {' '.join(unknown)}: no such method; choose from "
+            f"{', '.join(registry.METHODS)}."
+        )
     kept = [p for p in pts if p.method in set(methods)]
     if not kept:
         raise ValueError(

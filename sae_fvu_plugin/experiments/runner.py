@@ -138,16 +138,33 @@ class ExperimentSpec:
     evaluate: Callable[[Experiment, dict[str, Any], Any, Point], Rows] | None = None
 
 
+def _check_widths(pts: list[Point], widths: dict[int, int], cfg: Any) -> None:
+    """PCA + k-means removes n_pca < d principal components of a width-d hook: a larger
+    n_pca is a UsageError before any activation is collected (not a failed fit hours in)."""
+    for p in pts:
+        n_pca = int(p.param_dict.get("n_pca", 0))
+        if n_pca >= widths[p.layer]:
+            raise UsageError(
+                f"{p.name}: n_pca {n_pca} must be below the width {widths[p.layer]} of "
+                f"{cfg.hook(p.layer)} ({cfg.model}); drop it from --pca-ns / --large-pca-ns "
+                "/ --n-pca."
+            )
+
+
 def run_experiment(spec: ExperimentSpec, cfg: Any, *, progress: bool = True) -> dict[str, Any]:
     """Fit and evaluate every point of ``spec`` under ``cfg`` (cached ones are read back),
     write ``results.json`` / ``results.csv`` / the plots, print the report; returns the
     result (``config``, the summary's keys, ``rows``, ``minutes``)."""
     t0 = time.time()
     out = Path(cfg.out)
-    pts = spec.points(cfg)
+    try:
+        pts = spec.points(cfg)
+    except ValueError as err:  # a --methods that names no method of the grid
+        raise UsageError(str(err)) from None
     tag = f"[{spec.name}]"
     print(f"{tag} {spec.describe(cfg, pts)}", flush=True)
     exp = Experiment(cfg, progress=progress)
+    _check_widths(pts, exp.inputs.widths, cfg)
     if getattr(cfg, "import_rows", None):
         eval_ids = exp.inputs.split.eval_index.tolist()
         print(f"{tag} " + import_rows(cfg.import_rows, cfg, pts, out / "rows", eval_ids))
