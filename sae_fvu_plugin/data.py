@@ -24,6 +24,7 @@ import torch
 
 from ._compat import ensure_datasets_can_format
 from .hooks import OFFLINE_DATASET, OFFLINE_MODEL
+from .validate import UsageError
 
 SMOLLM2 = OFFLINE_MODEL
 AUSTEN = OFFLINE_DATASET
@@ -67,7 +68,14 @@ def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int = 1024) -
     from transformer_lens import HookedTransformer
 
     if name != SMOLLM2:
-        return HookedTransformer.from_pretrained_no_processing(name, device=device)
+        try:
+            return HookedTransformer.from_pretrained_no_processing(name, device=device)
+        except (ValueError, OSError) as err:  # an unknown name; offline and not cached
+            raise UsageError(
+                f"--model {name!r} cannot be loaded: {_first_sentence(err)}. Pass a "
+                "TransformerLens model name whose weights the Hugging Face hub (offline: its "
+                f"local cache) holds, or leave --model out for the offline {SMOLLM2}."
+            ) from None
     return _load_smollm2_cache(prepare_offline_model(), device, n_ctx)
 
 
@@ -232,8 +240,29 @@ def iter_texts(dataset: str) -> Iterator[str]:
         return
     from datasets import load_dataset
 
-    for row in load_dataset(dataset, split="train", streaming=True):
+    try:
+        rows = load_dataset(dataset, split="train", streaming=True)
+    except (ValueError, OSError) as err:  # no such dataset or file; offline and not cached
+        raise UsageError(
+            f"--dataset {dataset!r} cannot be loaded: {_first_sentence(err)}. Pass a Hugging "
+            "Face dataset with a 'text' column (offline: in its local cache), or leave "
+            f"--dataset out for the offline {AUSTEN!r}."
+        ) from None
+    for row in rows:
+        if "text" not in row:
+            raise UsageError(
+                f"--dataset {dataset!r} has no 'text' column (its columns: "
+                f"{', '.join(map(str, row))}); pass a dataset of texts."
+            )
         yield row["text"]
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of ``err``'s first line (TransformerLens's unknown-name error goes
+    on to list every model it knows), at most 240 characters."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    head = text.split(". ")[0].rstrip(".")
+    return head if len(head) <= 240 else head[:239] + "…"
 
 
 def tokens_to_contexts(

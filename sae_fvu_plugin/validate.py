@@ -50,6 +50,35 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against what this torch reaches (one line naming the fix, not
+    torch's assertion deep in the model load); None: CUDA where available, else CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {device!r} is not a torch device; pass cpu, cuda or cuda:N."
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UsageError(
+                f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; "
+                "pass --device cpu, or leave --device out."
+            )
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(
+                f"--device {device}: this machine has {n} CUDA device(s), cuda:0 … cuda:{n - 1}."
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; pass --device cpu.")
+    return device
+
+
 def is_tensor(value: Any) -> bool:
     """A torch tensor (checked without importing torch)."""
     return type(value).__name__ == "Tensor" and hasattr(value, "shape")

@@ -94,6 +94,44 @@ def test_user_errors_are_one_line_before_any_work(capsys, tmp_path):
     )
 
 
+def test_a_bad_device_model_dataset_or_output_is_one_line(capsys, tmp_path):
+    """What the machine or the hub cannot give is one line naming the fix (it was torch's,
+    TransformerLens's or datasets' traceback): a device this torch does not reach, a model
+    name TransformerLens does not know, a dataset that is not there (offline), an --out
+    that is a file. Every experiment command goes through the same runner."""
+    from sae_fvu_plugin.validate import UsageError, resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="'banana' is not a torch device"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match=r"sees no CUDA device; pass --device cpu"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(UsageError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    small = ["--layers", "3", "--out", str(tmp_path / "o")]
+    one_line_error(capsys, ["frontier", *small, "--device", "banana"], r"not a torch device")
+    one_line_error(
+        capsys,
+        ["frontier", *small, "--model", "no-such-model"],
+        r"--model 'no-such-model' cannot be loaded: no-such-model not found\. Pass a",
+    )
+    one_line_error(
+        capsys,
+        ["sweep", *small, "--dataset", str(tmp_path / "missing.txt")],
+        r"--dataset '.*missing.txt' cannot be loaded: .*leave --dataset out",
+    )
+    (tmp_path / "afile").write_text("x")
+    one_line_error(
+        capsys,
+        ["reproduce", "--layers", "3", "--out", str(tmp_path / "afile")],
+        r"--out .*afile is a file; pass a folder",
+    )
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_help_imports_nothing_heavy():
     code = (
         "import sys, contextlib, io\n"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..validate import UsageError, check_int
+from ..validate import UsageError, check_int, resolve_device
 from .commands import EvalCommand
 
 
@@ -105,7 +105,6 @@ def plan_eval(cmd: EvalCommand, metadata: dict[str, Any] | None = None) -> EvalP
 def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     """SAEBench core eval of a saved SAE on held-out contexts; prints the reconstruction
     metrics and where the result JSON went."""
-    import torch
 
     from ..data import load_model, split_contexts
     from ..held_out import held_out_eval
@@ -114,7 +113,7 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     from ..saebench import core_eval_config
 
     plan = plan_eval(cmd)
-    device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cmd.device)
     if plan.local:
         from .. import clustering  # noqa: F401  (registers the clustering architectures)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kmeans_options import KMeansOptions
+from ..validate import resolve_device
 from .commands import FitCommand
 from .flags import Interrupted
 
@@ -40,7 +41,6 @@ def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
     from ..sae_io import check_save_target
 
     out = check_save_target(cmd.out, overwrite=cmd.overwrite)
-    import torch
 
     from ..clustering import collect_activations, fit_kmeans, fit_pca_kmeans, fit_residual_kmeans
     from ..data import load_model, split_contexts
@@ -48,7 +48,7 @@ def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
     from ..provenance import Provenance
 
     rank, world = _init_distributed()
-    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(options.device)
     model = load_model(cmd.model, device=device)
     model_hook_width(model, cmd.hook)
     n_fit = -(-cmd.tokens // (cmd.context_size - 1))

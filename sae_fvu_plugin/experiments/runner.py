@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..validate import UsageError
+from ..validate import UsageError, resolve_device
 from . import methods  # noqa: F401  (registers the built-in methods)
 from .config import ExperimentConfig
 from .evaluation import Evaluator
@@ -41,12 +41,12 @@ class Experiment:
     """The inputs, fits, evaluation and row cache of one experiment configuration."""
 
     def __init__(self, cfg: ExperimentConfig, *, progress: bool = True) -> None:
-        import torch
-
         self.cfg = cfg
         self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file; pass a folder (new or of a run).")
+        device = resolve_device(cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
-        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.inputs = ExperimentInputs(cfg, self.out, device, progress)
         self.fits = Fits(self.inputs)
         self.evaluator = Evaluator(self.inputs)
