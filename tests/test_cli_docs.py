@@ -98,7 +98,9 @@ def test_a_bad_device_model_dataset_or_output_is_one_line(capsys, tmp_path):
     """What the machine or the hub cannot give is one line naming the fix (it was torch's,
     TransformerLens's or datasets' traceback): a device this torch does not reach, a model
     name TransformerLens does not know, a dataset that is not there (offline), an --out
-    that is a file. Every experiment command goes through the same runner."""
+    that is a file, a context longer than the model's positions (it ran out of memory on the
+    attention mask), fit's n_pca not below the hook's width. Every experiment command goes
+    through the same runner."""
     from sae_fvu_plugin.validate import UsageError, resolve_device
 
     assert resolve_device("cpu") == "cpu"
@@ -122,6 +124,17 @@ def test_a_bad_device_model_dataset_or_output_is_one_line(capsys, tmp_path):
         capsys,
         ["sweep", *small, "--dataset", str(tmp_path / "missing.txt")],
         r"--dataset '.*missing.txt' cannot be loaded: .*leave --dataset out",
+    )
+    fit = ["fit", "--hook", "blocks.3.hook_resid_post", "--n-clusters", "8"]
+    one_line_error(
+        capsys,
+        [*fit, "--out", str(tmp_path / "f"), "--context-size", "100000"],
+        r"--context-size 100000 exceeds the 8192 positions of smollm2-135m; pass at most 8192",
+    )
+    one_line_error(  # before the activations are collected (it failed after them)
+        capsys,
+        [*fit, "--out", str(tmp_path / "f"), "--n-pca", "600"],
+        r"--n-pca 600 must be below the width 576 of blocks.3.hook_resid_post",
     )
     (tmp_path / "afile").write_text("x")
     one_line_error(

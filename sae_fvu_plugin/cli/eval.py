@@ -121,7 +121,7 @@ def eval_command(cmd: EvalCommand) -> dict[str, Any]:
     else:
         sae = load_registry_sae(cmd.sae, str(cmd.sae_id), device)
         plan = plan_eval(cmd, sae.cfg.metadata.to_dict())
-    model = load_model(plan.model_name, device=device)
+    model = load_model(plan.model_name, device=device, n_ctx=max(plan.context_size, 1024))
     width = model_hook_width(model, plan.hook)
     if sae is None:
         sae = load_saved_sae(cmd.sae, device=device, expected_d_in=width)

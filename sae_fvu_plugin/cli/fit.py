@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kmeans_options import KMeansOptions
-from ..validate import resolve_device
+from ..validate import UsageError, resolve_device
 from .commands import FitCommand
 from .flags import Interrupted
 
@@ -49,8 +49,10 @@ def fit_command(cmd: FitCommand, options: KMeansOptions) -> Path:
 
     rank, world = _init_distributed()
     device = resolve_device(options.device)
-    model = load_model(cmd.model, device=device)
-    model_hook_width(model, cmd.hook)
+    model = load_model(cmd.model, device=device, n_ctx=max(cmd.context_size, 1024))
+    width = model_hook_width(model, cmd.hook)
+    if cmd.n_pca >= width:  # before the activations are collected
+        raise UsageError(f"--n-pca {cmd.n_pca} must be below the width {width} of {cmd.hook}.")
     n_fit = -(-cmd.tokens // (cmd.context_size - 1))
     split = split_contexts(
         cmd.dataset,
