@@ -703,6 +703,27 @@ def test_bad_inputs(x):
         fit_kmeans(x[0], 1, progress=False)
 
 
+def test_data_with_fewer_distinct_rows_than_clusters_fits_exactly():
+    """Constant rows (zero variance: the importance sample's ‖z‖² total is 0, which made
+    its keep-probabilities a float and the fit a TypeError) and two distinct rows at 4
+    clusters: every fit reconstructs every row exactly, inertia 0, in float32 and bfloat16
+    scores, PCA + k-means and residual k-means alike."""
+    const = torch.full((300, 8), 1.5)
+    two = torch.cat([torch.full((150, 8), -1.0), torch.full((150, 8), 3.0)])
+    for x in (const, two):
+        fits = [
+            fit_kmeans(x, 4, progress=False),
+            fit_kmeans(x, 4, progress=False, compute_dtype="bfloat16"),
+            fit_pca_kmeans(x, 3, 1, progress=False),
+            fit_residual_kmeans(x, 2, 2, progress=False),
+        ]
+        for sae in fits:
+            recon = sae.decode(sae.encode(x))
+            assert torch.allclose(recon, x, atol=1e-5), (sae.cfg.architecture(), recon)
+            assert torch.isfinite(sae.W_dec).all()
+        assert fits[0].cfg.metadata.inertia == pytest.approx(0.0, abs=1e-6)
+
+
 # -------------------------------------------------------------- residual k-means
 
 

@@ -104,7 +104,7 @@ def importance_sample(
         u = torch.rand(b.shape[0], generator=gen, dtype=torch.float64)
         sq = b.square().sum(1).to("cpu", torch.float64)
         a = _TAIL_SHARE if total > 0 else 0.0
-        q = (1 - a) / n + (a * sq / total if total > 0 else 0.0)
+        q = (1 - a) / n + (a * sq / total if total > 0 else torch.zeros_like(sq))
         p = torch.ones_like(q) if m >= n else (m * q).clamp_(max=1.0)
         keep = torch.nonzero(u < p).flatten()
         rows.append(b[keep.to(b.device)].to("cpu", torch.float64))
