@@ -707,16 +707,20 @@ def test_data_with_fewer_distinct_rows_than_clusters_fits_exactly():
     """Constant rows (zero variance: the importance sample's ‖z‖² total is 0, which made
     its keep-probabilities a float and the fit a TypeError) and two distinct rows at 4
     clusters: every fit reconstructs every row exactly, inertia 0, in float32 and bfloat16
-    scores, PCA + k-means and residual k-means alike."""
+    scores, PCA + k-means and residual k-means alike, and warns that clusters were left
+    empty."""
     const = torch.full((300, 8), 1.5)
     two = torch.cat([torch.full((150, 8), -1.0), torch.full((150, 8), 3.0)])
-    for x in (const, two):
-        fits = [
-            fit_kmeans(x, 4, progress=False),
-            fit_kmeans(x, 4, progress=False, compute_dtype="bfloat16"),
-            fit_pca_kmeans(x, 3, 1, progress=False),
-            fit_residual_kmeans(x, 2, 2, progress=False),
-        ]
+    for x, distinct in ((const, 1), (two, 2)):
+        # (as scikit-learn's: the duplicates' latents are dead)
+        with pytest.warns(UserWarning, match=f"{4 - distinct} of 4 clusters are empty after"):
+            fits = [fit_kmeans(x, 4, progress=False)]
+        with pytest.warns(UserWarning, match="fewer distinct rows than clusters"):
+            fits += [
+                fit_kmeans(x, 4, progress=False, compute_dtype="bfloat16"),
+                fit_pca_kmeans(x, 3, 1, progress=False),
+                fit_residual_kmeans(x, 2, 2, progress=False),
+            ]
         for sae in fits:
             recon = sae.decode(sae.encode(x))
             assert torch.allclose(recon, x, atol=1e-5), (sae.cfg.architecture(), recon)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,6 +222,7 @@ def fit_codebook(
         record = stage.record(best)
         best_c = stage.best_c
         assert best_c is not None
+        _warn_empty(record, s, len(stages))
         centroids.append(best_c)
         records.append(record)
         entry: dict[str, Any] = {"centroids": best_c.cpu(), "record": record.to_dict()}
@@ -242,6 +244,22 @@ def fit_codebook(
         # the score precision changes the speed only (labels are certified): not a setting
         settings=settings | {"n_iter": options.n_iter, "score_dtype": str(score_dtype)},
     )
+
+
+def _warn_empty(record: StageRecord, stage: int, n_stages: int) -> None:
+    """A warning (as scikit-learn's "fewer distinct clusters") when the final assignment
+    left clusters empty: the data holds fewer distinct rows than clusters (no real fit
+    here ended with one), and those latents never fire."""
+    if record.empty_clusters:
+        where = f"stage {stage + 1} of {n_stages}: " if n_stages > 1 else ""
+        k = record.n_clusters
+        warnings.warn(
+            f"k-means {where}{record.empty_clusters} of {k} clusters are empty after the "
+            f"fit ({k - record.empty_clusters} used): the data holds fewer distinct rows "
+            "than clusters, and their latents never fire. Fit fewer clusters.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def fit_settings(
