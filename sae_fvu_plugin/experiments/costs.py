@@ -83,14 +83,15 @@ _GAUSSIAN_LLOYD_EXPONENT = 0.215
 _PCA_UNPRUNED = 200
 _SAE_SECONDS_PER_TOKEN = 60e-6  # SAELens's TopK step, d_sae 512, float32, with validation
 # Each family's time per token against that, measured at d_sae 4,096 (CONTRIBUTING.md
-# "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 0.8,
+# "The reproduce estimate"): SAELens's step BatchTopK 1.9, Matryoshka 2.0, ReLU + L1 1.0,
 # JumpReLU 1.4 (its threshold's straight-through gradients: measured 1.3–1.6 × BatchTopK's
 # time against the formula, on the AMX Xeon's real rows and the AVX-512-BF16 EPYC's
-# Gaussian control at both layers; it was costed 1.0, as TopK);
+# Gaussian control; it was costed 1.0, as TopK; ReLU + L1 was costed 0.8 and took 1.0–1.4
+# × that on both CPUs, eight SAEs);
 # the gathered step (``methods.saes.gathered_step``) from d_sae 2,048 on: TopK measured at
 # scale, BatchTopK / Matryoshka with its pooled selection scaled by their benchmark gain
 # (CONTRIBUTING.md "The gathered training step"); at the demo's d_sae 512 it gains ~20 %.
-_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 0.8, "jumprelu": 1.4}
+_SAE_FAMILY_COST = {"batchtopk": 1.9, "matryoshka": 2.0, "standard": 1.0, "jumprelu": 1.4}
 _GATHERED_COST = {"topk": 0.7, "topk_kmeans_init": 0.7, "batchtopk": 0.95, "matryoshka": 1.0}
 # SAEs that start at a converged point (the k-means-initialised TopK starts on the top-1
 # SAE of the k-means codebook): the chosen rate's run stops at the first plateau check it
