@@ -99,9 +99,6 @@ class ExperimentInputs:
         """Per hook: the fit rows (the first ``fit_tokens`` rows)."""
         return {h: a[: self.cfg.fit_tokens] for h, a in self.rows.items()}
 
-    def hooks(self) -> list[str]:
-        return [self.cfg.hook(layer) for layer in self.cfg.layers]
-
     def data_key(self, layer: int) -> str:
         """The cache key of ``layer``'s activation rows (model, text, split, token counts,
         seed, layer): every fit and evaluation of that layer is keyed under it."""
