@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..kmeans_options import KMeansOptions
-from ..validate import is_tensor
+from ..validate import is_tensor, resolve_device
 from .checkpoint import Checkpoint, state_payload
 from .lloyd import Assigner, LloydResult, LloydState, lloyd
 from .precision import resolve_score_dtype
@@ -180,7 +180,7 @@ def fit_codebook(
     then each k-means stage on the residual of the ones before, resuming from the
     checkpoint where one matches."""
     reducer = current_reducer()
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(options.device))
     source = ActivationSource(acts)
     stats = data_stats(source, device, reducer, scatter=n_pca > 0)
     settings = fit_settings(stats, stages, n_pca, options, kind, reducer.world)

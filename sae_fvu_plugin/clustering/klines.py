@@ -21,7 +21,7 @@ import torch
 
 from ..kmeans_options import KMeansOptions
 from ..provenance import Provenance
-from ..validate import check_int
+from ..validate import check_int, resolve_device
 from .precision import resolve_score_dtype
 from .reduce import current_reducer
 from .seeding import _generator, greedy_kmeans_pp, uniform_sample
@@ -67,7 +67,7 @@ def fit_klines(
     k = check_int("n_lines", n_lines, 1)
     meta = base_metadata(metadata, provenance)
     reducer = current_reducer()
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(opts.device))
     source = ActivationSource(acts)
     stats = data_stats(source, device, reducer)
     if k > stats.n:
