@@ -95,14 +95,14 @@ def test_the_default_is_the_original_grid():
     }
     # each family at its measured cost against SAELens's own TopK step: the families that
     # train with the gathered step below their SAELens-step cost (TopK 0.7 against 1,
-    # BatchTopK 0.95 against 1.9, Matryoshka 1.0 against 2.0), ReLU + L1 1.0, JumpReLU 1.4
+    # BatchTopK 0.95 against 1.9, Matryoshka 1.1 against 2.0), ReLU + L1 1.0, JumpReLU 1.4
     one = {
         m: stage_minutes(cfg, [p for p in pts if p.method == m][:1])["SAE training"]
         for m in ("topk", "batchtopk", "matryoshka", "standard", "jumprelu")
     }
     assert one["topk"] == pytest.approx(0.7 / 1.4 * one["jumprelu"])
     assert one["batchtopk"] == pytest.approx(0.95 / 1.4 * one["jumprelu"])
-    assert one["matryoshka"] == pytest.approx(1.0 / 1.4 * one["jumprelu"])
+    assert one["matryoshka"] == pytest.approx(1.1 / 1.4 * one["jumprelu"])
     assert one["standard"] == pytest.approx(1.0 / 1.4 * one["jumprelu"])
 
 
@@ -321,6 +321,28 @@ def test_jumprelu_and_relu_l1_are_costed_at_their_measured_steps():
         for (factor, gain), seconds in runs:
             predicted = per_machine / gain * factor * _MEASURED_OVER_FORMULA
             assert 0.75 < predicted / seconds < 1.25, (method, factor, predicted, seconds)
+
+
+def test_matryoshka_is_costed_against_batchtopk_as_measured_in_pairs():
+    """Matryoshka BatchTopK and BatchTopK at the same k, layer, source and machine (k 8 and
+    32 at d_sae 4,096, the original scale; the AMX Xeon's real and Gaussian rows, the
+    AVX-512-BF16 EPYC's layer-3 / 15 Gaussian k 32): Matryoshka took 1.06–1.28 × as long,
+    mean 1.17; its cost against BatchTopK's is within 5 % of that mean (it was 1.05,
+    10 % below) and inside the measured range."""
+    from sae_fvu_plugin.experiments.costs import sae_cost
+
+    pairs = [  # (BatchTopK seconds, Matryoshka seconds)
+        (369.3, 391.6), (152.3, 187.1), (314.2, 379.0), (169.1, 192.3),  # Xeon, real
+        (202.1, 223.4), (143.2, 161.0),  # Xeon, Gaussian k 8
+        (270.2, 344.9), (309.8, 370.0),  # EPYC, Gaussian k 32
+    ]
+    ratios = [m / b for b, m in pairs]
+    mean = sum(ratios) / len(ratios)
+    for k in (8, 32):
+        p = {"d_sae": 4096, "k": k}
+        costed = sae_cost("matryoshka", p) / sae_cost("batchtopk", p)
+        assert abs(costed / mean - 1) < 0.05, (k, costed, mean)
+        assert min(ratios) <= costed <= max(ratios)
 
 
 def test_klines_is_costed_by_its_iterations_from_the_codebook():
