@@ -791,7 +791,7 @@ def test_the_seeding_floor_redoes_only_the_fits_it_changed():
         ("kmeans", 4096): 3,
         ("kmeans", 16384): 3,
         **{("pca_kmeans", 4096 - n): 3 for n in (1, 2, 5, 10, 20, 50, 100, 200, 500)},
-        ("pca_kmeans", 16384 - 50): 3,  # (first computed at version 3)
+        **{("pca_kmeans", 16384 - n): 3 for n in (10, 50, 100)},  # (first computed at version 3)
     }
     # keys of unchanged fits stay (the demo's 16,384 rows, an SAE, a k-means of 512
     # clusters after the floor); the 4,096-cluster k-means' key moved with its version
