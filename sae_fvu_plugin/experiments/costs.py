@@ -8,7 +8,7 @@ frontier, the reproduce spec and the README script share one cost model.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..kmeans_options import KMeansOptions
@@ -289,3 +289,33 @@ def stage_minutes(
             ev += 1.0 + scored
     seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
     return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
+
+
+class Estimator:
+    """The printed estimate of an experiment whose grid is ``points(cfg)``: called as
+    ``(cfg, todo=None, cached_layers=(), sae_speedup=1.0, seed_speedup=1.0, base_fits=(),
+    progress=None)``, the sum over stages of :meth:`stages`, the wall minutes
+    :func:`stage_minutes` of ``todo`` (default: every point of the grid)."""
+
+    def __init__(self, points: Callable[[Any], list[Point]]) -> None:
+        self.points = points
+
+    def stages(
+        self,
+        cfg: Any,
+        todo: list[Point] | None = None,
+        cached_layers: Collection[int] = (),
+        sae_speedup: float = 1.0,
+        seed_speedup: float = 1.0,
+        base_fits: Sequence[Point] = (),
+        progress: Mapping[Point, FitProgress] | None = None,
+    ) -> dict[str, float]:
+        """Wall minutes per stage of ``todo`` (default: every point; :func:`stage_minutes`)."""
+        pts = self.points(cfg) if todo is None else todo
+        return stage_minutes(
+            cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
+        )
+
+    def __call__(self, cfg: Any, *args: Any, **kwargs: Any) -> float:
+        """Σ :meth:`stages` (the arguments are its)."""
+        return sum(self.stages(cfg, *args, **kwargs).values())

@@ -27,8 +27,7 @@ summary (also printed).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import costs
 from .config import FrontierConfig
@@ -36,9 +35,6 @@ from .frontier_plots import plots
 from .frontier_summary import CSV_COLUMNS, SAE_FAMILIES, format_summary, format_table, summarize
 from .points import Point, select_methods
 from .runner import ExperimentSpec
-
-if TYPE_CHECKING:
-    from ..clustering.checkpoint import FitProgress
 
 __all__ = ["FRONTIER", "FrontierConfig", "estimate_minutes", "points"]
 
@@ -83,34 +79,11 @@ def points(cfg: FrontierConfig) -> list[Point]:
     return select_methods(out, cfg.methods)
 
 
-def stage_minutes(
-    cfg: FrontierConfig,
-    todo: list[Point] | None = None,
-    cached_layers: Collection[int] = (),
-    sae_speedup: float = 1.0,
-    seed_speedup: float = 1.0,
-    base_fits: Sequence[Point] = (),
-    progress: Mapping[Point, FitProgress] | None = None,
-) -> dict[str, float]:
-    """Wall minutes per stage of ``todo`` (default: every point; :func:`.costs.stage_minutes`)."""
-    pts = points(cfg) if todo is None else todo
-    return costs.stage_minutes(
-        cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
-    )
-
-
-def estimate_minutes(
-    cfg: FrontierConfig,
-    todo: list[Point] | None = None,
-    cached_layers: Collection[int] = (),
-    sae_speedup: float = 1.0,
-    seed_speedup: float = 1.0,
-    base_fits: Sequence[Point] = (),
-    progress: Mapping[Point, FitProgress] | None = None,
-) -> float:
-    """The sum of :func:`stage_minutes`."""
-    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits, progress)
-    return sum(stages.values())
+# The printed estimate (:class:`.costs.Estimator` over :func:`points`): ``stage_minutes(cfg,
+# todo=None, cached_layers=(), sae_speedup=1.0, seed_speedup=1.0, base_fits=(),
+# progress=None)`` per stage (:func:`.costs.stage_minutes`), ``estimate_minutes`` their sum.
+estimate_minutes = costs.Estimator(points)
+stage_minutes = estimate_minutes.stages
 
 
 def describe(cfg: FrontierConfig, pts: list[Point]) -> str:

@@ -29,22 +29,18 @@ summary's ``original`` table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import ReproduceConfig
+from .costs import Estimator
 from .frontier import describe as frontier_describe
 from .frontier import points as frontier_points
-from .frontier import stage_minutes as frontier_stage_minutes
 from .frontier_plots import plots as frontier_plots
 from .frontier_summary import CSV_COLUMNS, format_summary, format_table, summarize
 from .points import Point, select_methods
 from .report import aligned, half_width
 from .runner import ExperimentSpec
-
-if TYPE_CHECKING:
-    from ..clustering.checkpoint import FitProgress
 
 __all__ = ["ORIGINAL", "REPRODUCE", "ReproduceConfig", "points", "stage_minutes"]
 
@@ -78,37 +74,14 @@ def points(cfg: ReproduceConfig) -> list[Point]:
     return select_methods(out, cfg.methods)
 
 
-def stage_minutes(
-    cfg: ReproduceConfig,
-    todo: list[Point] | None = None,
-    cached_layers: Collection[int] = (),
-    sae_speedup: float = 1.0,
-    seed_speedup: float = 1.0,
-    base_fits: Sequence[Point] = (),
-    progress: Mapping[Point, FitProgress] | None = None,
-) -> dict[str, float]:
-    """The frontier's per-stage estimate (:func:`.frontier.stage_minutes`, each fit scaled
-    by its own latents: a 16,384-cluster k-means' Lloyd costs 4 × √2 its 4,096-cluster
-    one's, :data:`.costs._LLOYD_K_EXPONENT`) of this grid, less what the fits resuming from
-    a checkpoint have done (``progress``)."""
-    pts = points(cfg) if todo is None else todo
-    return frontier_stage_minutes(
-        cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
-    )
-
-
-def estimate_minutes(
-    cfg: ReproduceConfig,
-    todo: list[Point] | None = None,
-    cached_layers: Collection[int] = (),
-    sae_speedup: float = 1.0,
-    seed_speedup: float = 1.0,
-    base_fits: Sequence[Point] = (),
-    progress: Mapping[Point, FitProgress] | None = None,
-) -> float:
-    """The sum of :func:`stage_minutes`."""
-    stages = stage_minutes(cfg, todo, cached_layers, sae_speedup, seed_speedup, base_fits, progress)
-    return sum(stages.values())
+# The frontier's per-stage estimate (:class:`.costs.Estimator`, each fit scaled by its own
+# latents: a 16,384-cluster k-means' Lloyd costs 4 × √2 its 4,096-cluster one's,
+# :data:`.costs._LLOYD_K_EXPONENT`) of this grid, less what the fits resuming from a
+# checkpoint have done (``progress``): ``stage_minutes(cfg, todo=None, cached_layers=(),
+# sae_speedup=1.0, seed_speedup=1.0, base_fits=(), progress=None)``, ``estimate_minutes``
+# their sum.
+estimate_minutes = Estimator(points)
+stage_minutes = estimate_minutes.stages
 
 
 def describe(cfg: ReproduceConfig, pts: list[Point]) -> str:
