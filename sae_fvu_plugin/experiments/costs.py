@@ -214,88 +214,10 @@ def fit_seconds(
     return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
 
 
-def stage_minutes(
-    cfg: Any,
-    pts: list[Point],
-    cached_layers: Collection[int] = (),
-    sae_speedup: float = 1.0,
-    seed_speedup: float = 1.0,
-    base_fits: Sequence[Point] = (),
-    progress: Mapping[Point, FitProgress] | None = None,
-) -> dict[str, float]:
-    """Wall minutes per stage on 2 CPU cores for the points ``pts`` of an experiment under
-    ``cfg`` (a frontier-like config), the activations of ``cached_layers`` already on disk,
-    the fits ``base_fits`` they start from that are not cached (a top-1 SAE's k-means:
-    :meth:`.fitting.Fits.base_fits`; their fits only, no evaluation), and the ``progress``
-    of the fits that resume from a checkpoint (:meth:`.fitting.Fits.progress`), from rates
-    measured in runs on SmolLM2-135M:
-
-    * start-up (imports, model load, summary and plots) ≈ 15 s;
-    * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
-      layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
-      validation rows, in one pass to the deepest layer not cached;
-    * clustering fits: :func:`fit_seconds` of each point's own latents (its seeding ÷
-      ``seed_speedup``: :func:`.runner.this_machine`; the Gaussian control's k-means
-      iterations slower at scale), less what its checkpoint has done;
-    * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
-      (float32, 2 cores) over :func:`sae_tokens` (its rate sweep plus its budget; the
-      k-means-initialised TopK to its first plateau check), × d_sae / 512 × :func:`sae_cost`,
-      ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
-    * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
-      forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
-      variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
-      dimension at 120 GFLOP/s; matching pursuit scores the codebook once per step) +
-      ≈ 0.5 s; a Gaussian-control model is scored directly (≈ 1 s + the same SAE term).
-    """
-    recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
-    seconds = {"start-up": 0.0, "activations": 0.0}
-    missing = [layer for layer in cfg.layers if layer not in cached_layers]
-    if pts:
-        seconds["start-up"] = 15.0
-    if pts and missing:
-        seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(missing) + 1) / 8_500
-
-    def clustering_seconds(p: Point) -> float:
-        # (k-means' seeding and residual k-means' stages by their own clusters; the other
-        # rates are per latent)
-        latents = registry.get(p.method).d_sae(p.param_dict)
-        staged = p.method in _SEEDED or p.method == "residual_kmeans"
-        return fit_seconds(
-            p.method,
-            p.param_dict.get("n_clusters", latents) if staged else latents,
-            cfg.fit_tokens,
-            stages=int(p.param_dict.get("n_stages", 1)),
-            seed_speedup=seed_speedup,
-            gaussian=p.source == "gaussian",
-            done=(progress or {}).get(p),
-            n_pca=int(p.param_dict.get("n_pca", 0)),
-        )
-
-    clus = sum(clustering_seconds(p) for p in base_fits)
-    sae = ev = 0.0
-    for p in pts:
-        latents = registry.get(p.method).d_sae(p.param_dict)
-        if p.method in SAE_FAMILIES:
-            cost = sae_cost(p.method, p.param_dict) / sae_speedup
-            tokens = sae_tokens(cfg, p.method)
-            sae += tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
-        else:
-            clus += clustering_seconds(p)
-        scored = cfg.eval_tokens * latents * 576 * 4 / 1.2e11 * p.param_dict.get("steps", 1)
-        if p.source == "real":
-            ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + scored
-            ev += 0.5
-        else:
-            ev += 1.0 + scored
-    seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
-    return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
-
-
 class Estimator:
     """The printed estimate of an experiment whose grid is ``points(cfg)``: called as
     ``(cfg, todo=None, cached_layers=(), sae_speedup=1.0, seed_speedup=1.0, base_fits=(),
-    progress=None)``, the sum over stages of :meth:`stages`, the wall minutes
-    :func:`stage_minutes` of ``todo`` (default: every point of the grid)."""
+    progress=None)``, the sum over stages of :meth:`stages`."""
 
     def __init__(self, points: Callable[[Any], list[Point]]) -> None:
         self.points = points
@@ -310,11 +232,73 @@ class Estimator:
         base_fits: Sequence[Point] = (),
         progress: Mapping[Point, FitProgress] | None = None,
     ) -> dict[str, float]:
-        """Wall minutes per stage of ``todo`` (default: every point; :func:`stage_minutes`)."""
+        """Wall minutes per stage on 2 CPU cores for the points ``todo`` (default: every point
+        of the grid) of an experiment under ``cfg`` (a frontier-like config), the activations
+        of ``cached_layers`` already on disk, the fits ``base_fits`` they start from that are
+        not cached (a top-1 SAE's k-means: :meth:`.fitting.Fits.base_fits`; their fits only,
+        no evaluation), and the ``progress`` of the fits that resume from a checkpoint
+        (:meth:`.fitting.Fits.progress`), from rates measured in runs on SmolLM2-135M:
+
+        * start-up (imports, model load, summary and plots) ≈ 15 s;
+        * activations: the forward pass costs ≈ (L + 1) / 8,500 s per token stopping after
+          layer L (so ≈ 280 tokens/s through all 30 layers), over the fit, training and
+          validation rows, in one pass to the deepest layer not cached;
+        * clustering fits: :func:`fit_seconds` of each point's own latents (its seeding ÷
+          ``seed_speedup``: :func:`.runner.this_machine`; the Gaussian control's k-means
+          iterations slower at scale), less what its checkpoint has done;
+        * SAE training ≈ 60 s per million training tokens for SAELens's TopK step at d_sae 512
+          (float32, 2 cores) over :func:`sae_tokens` (its rate sweep plus its budget; the
+          k-means-initialised TopK to its first plateau check), × d_sae / 512 × :func:`sae_cost`,
+          ÷ ``sae_speedup`` (the bfloat16 autocast gain: :func:`.methods.saes.training_speedup`);
+        * evaluations: a real-data model = its KL / CE batches (with ``model_metrics``: 3 full
+          forward passes of ``recon_batches · batch_prompts · context_size`` tokens) + the
+          variance batches to the hooked layer + the SAE (4 FLOP per eval token, latent and
+          dimension at 120 GFLOP/s; matching pursuit scores the codebook once per step) +
+          ≈ 0.5 s; a Gaussian-control model is scored directly (≈ 1 s + the same SAE term).
+        """
         pts = self.points(cfg) if todo is None else todo
-        return stage_minutes(
-            cfg, pts, cached_layers, sae_speedup, seed_speedup, base_fits, progress
-        )
+        recon = 3 * cfg.recon_batches * cfg.batch_prompts * cfg.context_size * 30 / 8_500
+        seconds = {"start-up": 0.0, "activations": 0.0}
+        missing = [layer for layer in cfg.layers if layer not in cached_layers]
+        if pts:
+            seconds["start-up"] = 15.0
+        if pts and missing:
+            seconds["activations"] = (cfg.rows_tokens + cfg.val_tokens) * (max(missing) + 1) / 8_500
+
+        def clustering_seconds(p: Point) -> float:
+            # (k-means' seeding and residual k-means' stages by their own clusters; the other
+            # rates are per latent)
+            latents = registry.get(p.method).d_sae(p.param_dict)
+            staged = p.method in _SEEDED or p.method == "residual_kmeans"
+            return fit_seconds(
+                p.method,
+                p.param_dict.get("n_clusters", latents) if staged else latents,
+                cfg.fit_tokens,
+                stages=int(p.param_dict.get("n_stages", 1)),
+                seed_speedup=seed_speedup,
+                gaussian=p.source == "gaussian",
+                done=(progress or {}).get(p),
+                n_pca=int(p.param_dict.get("n_pca", 0)),
+            )
+
+        clus = sum(clustering_seconds(p) for p in base_fits)
+        sae = ev = 0.0
+        for p in pts:
+            latents = registry.get(p.method).d_sae(p.param_dict)
+            if p.method in SAE_FAMILIES:
+                cost = sae_cost(p.method, p.param_dict) / sae_speedup
+                tokens = sae_tokens(cfg, p.method)
+                sae += tokens * _SAE_SECONDS_PER_TOKEN * latents / 512 * cost
+            else:
+                clus += clustering_seconds(p)
+            scored = cfg.eval_tokens * latents * 576 * 4 / 1.2e11 * p.param_dict.get("steps", 1)
+            if p.source == "real":
+                ev += recon * cfg.model_metrics + cfg.eval_tokens * (p.layer + 1) / 8_500 + scored
+                ev += 0.5
+            else:
+                ev += 1.0 + scored
+        seconds |= {"clustering fits": clus, "SAE training": sae, "evaluations": ev}
+        return {k: v / 60 * _MEASURED_OVER_FORMULA for k, v in seconds.items()}
 
     def __call__(self, cfg: Any, *args: Any, **kwargs: Any) -> float:
         """Σ :meth:`stages` (the arguments are its)."""

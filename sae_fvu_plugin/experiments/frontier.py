@@ -81,7 +81,7 @@ def points(cfg: FrontierConfig) -> list[Point]:
 
 # The printed estimate (:class:`.costs.Estimator` over :func:`points`): ``stage_minutes(cfg,
 # todo=None, cached_layers=(), sae_speedup=1.0, seed_speedup=1.0, base_fits=(),
-# progress=None)`` per stage (:func:`.costs.stage_minutes`), ``estimate_minutes`` their sum.
+# progress=None)`` per stage (:meth:`.costs.Estimator.stages`), ``estimate_minutes`` their sum.
 estimate_minutes = costs.Estimator(points)
 stage_minutes = estimate_minutes.stages
 
