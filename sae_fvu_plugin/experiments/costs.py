@@ -50,6 +50,15 @@ _SEED_SECONDS = 1.71e-9  # per cluster, sampled row beyond 32,768 and dimension
 # rank"; 1.35 with the rank-64 screen's unpadded product); runner.this_machine records it
 # as ``seed_speedup``.
 PROJECTED_SEED_GAIN = 3.1
+# Above 4,096 centres a screened seeding gains more: the share of rows a candidate may be
+# nearer to falls as centres are chosen (~4 % unsure after 10,000 steps at layer 3), so at
+# k centres it costs (4,096 / k)^0.3 of the formula (0.66 at 16,384). The AVX-512-BF16
+# EPYC's five PCA + k-means fits at 16,384 latents on 786,432 rows (layers 3 / 15, n_pca
+# 10 / 50 / 100; their clean seedings ~1,400–1,700 s at layer 3 and layer 15's n_pca 10,
+# ~2,350 at layer 15's n_pca 100, against ~2,500 s costed): whole fits +43–52 % over at
+# n_pca 10 and layer 3's n_pca 100 without it, all five within 25 % with it
+# (CONTRIBUTING.md, "The reproduce estimate"). Not measured on the Gaussian control.
+_SEED_K_EXPONENT = 0.3
 _SEEDED = {"kmeans", "pca_kmeans"}
 # k-lines starts from the k-means codebook (its fit costed as the base's, no seeding of
 # its own): ~10 iterations whose cost grows as rows^0.935, between the AMX Xeon's and the
@@ -150,9 +159,12 @@ def _seed_seconds(
     clusters: int, fit_tokens: int, d: int, seed_speedup: float, sample: int | None
 ) -> float:
     """A greedy k-means++ seeding's seconds beyond the demo's: ``_SEED_SECONDS``·k·(m −
-    32,768)·d ÷ ``seed_speedup``, m the ``sample`` (default ``KMeansOptions.sample_size``)."""
+    32,768)·d ÷ ``seed_speedup``, m the ``sample`` (default ``KMeansOptions.sample_size``);
+    a screened seeding (``seed_speedup`` > 1) of k > 4,096 centres × (4,096 /
+    k)^``_SEED_K_EXPONENT``."""
     m = sample or KMeansOptions().sample_size(fit_tokens, clusters)
-    return _SEED_SECONDS * clusters * max(0, m - 32_768) * d / seed_speedup
+    more = max(1.0, clusters / _LLOYD_K_KNEE) ** _SEED_K_EXPONENT if seed_speedup > 1 else 1.0
+    return _SEED_SECONDS * clusters * max(0, m - 32_768) * d / (seed_speedup * more)
 
 
 def fit_seconds(
