@@ -74,17 +74,26 @@ _KLINES_EXPONENT = 0.935
 # on the AMX Xeon, 422 / 689 predicted there).
 _STAGE_SECONDS = 2.7
 _STAGE_EXPONENT = 1.11
-# The Gaussian control's k-means Lloyd iterations: unclustered data leaves Hamerly's bound
-# nothing to prune, so each iteration rescores every row where real activations skip a
-# third to a half; no difference at the demo's 16,384 rows, ×2.3 at 786,432 (layer 15 on
-# the AMD EPYC: 1,152 s against the real rows' 740 s, the seeding ≈ 290 s of both),
-# ∝ (rows / 16,384)^0.215 between.
-_GAUSSIAN_LLOYD_EXPONENT = 0.215
+# The real activations' Lloyd iterations where the bound prunes nothing (the residual
+# after n_pca ≥ 200 components, below): no difference at the demo's 16,384 rows, ×2.3 at
+# 786,432 (layer 15, AVX-512-BF16 EPYC: 595 / 597 s at n_pca 200 / 500, 2.1 / 2.3 ×
+# k-means' formula), ∝ (rows / 16,384)^0.215 between.
+_UNPRUNED_LLOYD_EXPONENT = 0.215
+# The Gaussian control's: unclustered data leaves Hamerly's bound little to prune (every
+# row rescored for the first dozen iterations, a third to four fifths after), and an
+# iteration that rescores every row costs ~2× the real residual's (40 s against 17–23 s at
+# 4,096 clusters on the AVX-512-BF16 EPYC; the certified bfloat16 scores presumably
+# leaving more near ties to exact rescoring — not measured): ×3.2 at 786,432 rows,
+# ∝ (rows / 16,384)^0.3. Three fits at 4,096 clusters: layer 15's k-means on the AVX2
+# EPYC, 1,152 s (32 rows per cluster seeded, the rule of its day) and refitted 1,412 s;
+# layer 3's PCA + k-means n_pca 1 on the AVX-512-BF16 EPYC, 1,389 s (it was costed ×2.3:
+# 16.3 min printed, 24.4 taken).
+_GAUSSIAN_LLOYD_EXPONENT = 0.3
 # PCA + k-means clusters the residual after its first n_pca components, which the bound
 # prunes less the more components are gone: its Lloyd iterations cost (1 + (G − 1) ·
 # min(1, n_pca / ``_PCA_UNPRUNED``)²) times k-means' (at least the k^1.25 factor above
-# 4,096 clusters), G = rows^``_GAUSSIAN_LLOYD_EXPONENT`` the Gaussian control's (nothing
-# pruned; 1 at the demo's 16,384 rows). Fitted by eye on layer 15 (AVX-512-BF16 EPYC):
+# 4,096 clusters), G = rows^``_UNPRUNED_LLOYD_EXPONENT`` (nothing pruned; 1 at the demo's
+# 16,384 rows). Fitted by eye on layer 15 (AVX-512-BF16 EPYC):
 # Lloyd 350 / 595 / 597 s at n_pca 10 / 200 / 500, 1.2 / 2.1 / 2.3 × k-means' formula (the
 # bound rescored every row for 5 / 9 / all 30 iterations), the whole fit at n_pca 100 76 s
 # above n_pca 10's; layer 3 (AVX2 EPYC) grows less: whole fits 854 / 933 / 945 s at n_pca
@@ -188,10 +197,10 @@ def fit_seconds(
     which starts from the k-means codebook, ∝ rows^``_KLINES_EXPONENT``), plus
     ``_ROW_SECONDS`` per 16,384 rows; residual k-means: ``stages`` × (k-means at
     ``clusters`` + ``_STAGE_SECONDS`` · rows^``_STAGE_EXPONENT``). On the ``gaussian``
-    control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (nothing
-    for Hamerly's bound to prune), and PCA + k-means' by (1 + (G − 1) · min(1, ``n_pca`` /
-    ``_PCA_UNPRUNED``)²), G that Gaussian factor (its residual prunes less the more
-    components are gone). A fit resumed from its checkpoint costs what is left
+    control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (little
+    for Hamerly's bound to prune), and on the real activations PCA + k-means' by (1 + (G −
+    1) · min(1, ``n_pca`` / ``_PCA_UNPRUNED``)²), G = rows^``_UNPRUNED_LLOYD_EXPONENT``
+    (its residual prunes less the more components are gone). A fit resumed from its checkpoint costs what is left
     after ``done`` (:class:`..clustering.checkpoint.FitProgress`): its seeding and Lloyd
     shares by their own progress, Lloyd's front-loaded on the real activations
     (``_LLOYD_FRONT``; the other methods' by the fraction done)."""
@@ -226,9 +235,9 @@ def fit_seconds(
     if method not in _SEEDED:
         return (fit + _ROW_SECONDS.get(method, 0.0)) * rows
     seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
-    unpruned = rows**_GAUSSIAN_LLOYD_EXPONENT
+    unpruned = rows**_UNPRUNED_LLOYD_EXPONENT
     if gaussian:
-        pruning = unpruned
+        pruning = rows**_GAUSSIAN_LLOYD_EXPONENT
     else:
         pruning = max(
             max(1.0, clusters / _LLOYD_K_KNEE) ** _LLOYD_K_EXPONENT,
