@@ -200,11 +200,14 @@ def fit_seconds(
     control the k-means iterations cost rows^``_GAUSSIAN_LLOYD_EXPONENT`` more (little
     for Hamerly's bound to prune), and on the real activations PCA + k-means' by (1 + (G −
     1) · min(1, ``n_pca`` / ``_PCA_UNPRUNED``)²), G = rows^``_UNPRUNED_LLOYD_EXPONENT``
-    (its residual prunes less the more components are gone). A fit resumed from its checkpoint costs what is left
-    after ``done`` (:class:`..clustering.checkpoint.FitProgress`): its seeding and Lloyd
-    shares by their own progress, Lloyd's front-loaded on the real activations
-    (``_LLOYD_FRONT``; the other methods' by the fraction done)."""
+    (its residual prunes less the more components are gone). A fit resumed from its
+    checkpoint costs what is left after ``done``
+    (:class:`..clustering.checkpoint.FitProgress`): its seeding and Lloyd shares by their
+    own progress, Lloyd's front-loaded on the real activations (``_LLOYD_FRONT``; the other
+    methods' by the fraction done)."""
     rows = fit_tokens / 16_384
+    # how far the residual of n_pca components is from pruned (0) to unpruned (1)
+    unpruned_share = min(1.0, n_pca / _PCA_UNPRUNED) ** 2
     if done is not None:
         whole = fit_seconds(
             method, clusters, fit_tokens, d, stages, seed_speedup, gaussian, sample, n_pca=n_pca
@@ -214,8 +217,7 @@ def fit_seconds(
         seed = _seed_seconds(clusters, fit_tokens, d, seed_speedup, sample)
         extra = _ROW_SECONDS.get(method, 0.0) * rows  # the PCA, redone on a resume
         staged = whole - extra
-        unpruned = min(1.0, n_pca / _PCA_UNPRUNED) ** 2
-        front = 1.0 if gaussian else _LLOYD_FRONT + (1.0 - _LLOYD_FRONT) * unpruned
+        front = 1.0 if gaussian else _LLOYD_FRONT + (1.0 - _LLOYD_FRONT) * unpruned_share
         return extra + staged * (1.0 - done.done(seed / staged if staged > 0 else 0.0, front))
     if method == "residual_kmeans":
         stage = _STAGE_SECONDS * rows**_STAGE_EXPONENT
@@ -241,7 +243,7 @@ def fit_seconds(
     else:
         pruning = max(
             max(1.0, clusters / _LLOYD_K_KNEE) ** _LLOYD_K_EXPONENT,
-            1.0 + (max(unpruned, 1.0) - 1.0) * min(1.0, n_pca / _PCA_UNPRUNED) ** 2,
+            1.0 + (max(unpruned, 1.0) - 1.0) * unpruned_share,
         )
     lloyd = fit * rows**_LLOYD_EXPONENT * pruning
     return lloyd + seed + _ROW_SECONDS.get(method, 0.0) * rows
