@@ -96,6 +96,7 @@ def _smallest(scores: torch.Tensor, m: int, group: int) -> tuple[torch.Tensor, t
 
 
 _DEMOTE_SHARE = 0.25  # a chunk escalating more rows than this: go up a precision for good
+_REF_CENTROIDS = 16  # centroids whose smallest score is a row's reference r
 
 
 class Assigner:
@@ -103,29 +104,42 @@ class Assigner:
     label certified equal to the float64 argmin.
 
     **Certified scores.** The score of centroid j for row x is T_j = ‖c_j‖² − 2 x·c_j
-    (‖x − c_j‖² = ‖x‖² + T_j). It is computed by one matmul in the score dtype (bfloat16,
-    float32 or float64) with an extra column, so that the value V_j it returns is a *lower
-    bound* V_j ≤ T_j ≤ V_j + 2 e_j, e_j = κ₁ ‖x‖ ‖c_j‖ + κ₂ ‖c_j‖²:
+    (‖x − c_j‖² = ‖x‖² + T_j). It is computed, less a per-row reference r, by one matmul in
+    the score dtype (bfloat16, float32 or float64; its accumulator float32 or wider) with
+    three extra columns, so that before its output is rounded the value P_j is a *lower
+    bound* of T_j − r within 2 e_j, e_j = κ₁ ‖x‖ ‖c_j‖ + κ₂ ‖c_j‖²:
 
-        V = [x, ‖x‖] · [−2 c_j, −κ₁ ‖c_j‖]ᵀ + (1 − κ₂) ‖c_j‖²,
+        P_j = [x, ‖x‖, r, 1] · [−2 c_j, −κ₁ ‖c_j‖, −1, (1 − κ₂) ‖c_j‖²]ᵀ,
 
-    κ₁ = 1.25 (8u + 2γ), κ₂ = 4u, with u the unit roundoff of the score dtype and γ =
-    (d + 1) u_acc of its accumulator. κ₁ ‖x‖ ‖c‖ + κ₂ ‖c‖² bounds every rounding error
-    of the product (inputs rounded to the score dtype: (2u + u²) Σ |x_i c_i| ≤ (2u + u²)
-    ‖x‖ ‖c‖ by Cauchy–Schwarz; accumulation γ ‖x‖ ‖c‖; bias and output rounding
-    u (‖c‖² + 2 ‖x‖ ‖c‖) twice; the extra column's own error) with 25 % to spare.
+        T_j − r − 2 e_j − s ≤ P_j ≤ T_j − r + s,   s = 1.25 γ |r|,
 
-    With b the row's smallest V, the true nearest centroid j* has V_{j*} ≤ T_{j*} ≤ T_b ≤
-    V_b + 2 e_b, so it is among the candidates {j : V_j ≤ V_b + 2 e_b}. A row with one
-    candidate has its label; several (of the ``_CANDIDATES`` smallest) are rescored by
-    the exact float64 distance ‖x − c_j‖² (ties: the lowest index, as ``argmin``); rows
-    with more candidates are scored again one precision up (bfloat16 → float32 →
-    float64) and, at float64, against every centroid directly. When a chunk escalates
-    more than a quarter of its rows (data without cluster structure at this k: every
-    centroid near every row, relative to the bfloat16 bound), the precision is not paying:
-    the rest of the pass, and the next Lloyd iterations, score one level up
-    (``demoted``). The bounds kept for Hamerly's pruning come from the same certified
-    intervals.
+    κ₁ = 1.25 (4u + 2γ), κ₂ = 4u, with u the unit roundoff of the score dtype and γ =
+    (d + 3) u_acc of its accumulator: the inputs rounded to the score dtype cost
+    (2u + u²) Σ |x_i 2c_i| ≤ (4u + 2u²) ‖x‖ ‖c‖ (Cauchy–Schwarz), the accumulation γ times
+    the sum of the terms' sizes (2 ‖x‖ ‖c‖, ‖c‖², |r|), the rounded ‖c‖² and κ-columns
+    at most u of their terms, with 25 % to spare. The matmul returns V_j = fl(P_j), with
+    |V_j − P_j| ≤ u′ |V_j|, u′ = u / (1 − u); so
+
+        L_j = V_j − u′ |V_j| − s ≤ T_j − r ≤ V_j + u′ |V_j| + 2 e_j + s = U_j.
+
+    The reference r (the smallest score against a few fixed centroids, any value is
+    exact: it shifts a row's scores alike) keeps |V_j| small near the row's minimum, so
+    the output's rounding — a quarter of the bound when it was taken as u (‖c‖² + 2 ‖x‖
+    ‖c‖) — no longer widens it; on N(0, 1) rows and Lloyd centroids the rows with more
+    than 8 candidates in bfloat16 fell from 17–30 % to under 0.5 %.
+
+    L_j grows with V_j, so with b the row's smallest V, the true nearest centroid j* has
+    L_{j*} ≤ T_{j*} − r ≤ T_b − r ≤ U_b: it is among the candidates {j : L_j ≤ U_b}, a
+    prefix of the row's sorted V. A row with one candidate has its label; several (of
+    the ``_CANDIDATES`` smallest) are rescored by the exact float64 distance ‖x − c_j‖²
+    (ties: the lowest index, as ``argmin``); rows with more candidates are scored again
+    one precision up (bfloat16 → float32 → float64) and, at float64, against every
+    centroid directly. When a chunk escalates more than a quarter of its rows (data
+    without cluster structure at this k: every centroid near every row, relative to the
+    bound), the precision is not paying: the rest of the pass, and the next Lloyd
+    iterations, score one level up (``demoted``). The bounds kept for Hamerly's pruning
+    come from the same certified intervals (‖x‖² + r + U_b and ‖x‖² + r + L of the
+    second smallest V).
     """
 
     def __init__(
@@ -143,24 +157,32 @@ class Assigner:
         self.score_dtype = score_dtype or dtype
         dev = centroids.device
         u = unit_roundoff(self.score_dtype, dev)
-        gamma = (d + 1) * accumulation_roundoff(self.score_dtype, dev)
+        gamma = (d + 3) * accumulation_roundoff(self.score_dtype, dev)
         gamma /= max(1.0 - gamma, 1e-3)
-        self.k1, self.k2 = 1.25 * (8 * u + 2 * gamma), 4 * u
+        self.k1, self.k2 = 1.25 * (4 * u + 2 * gamma), 4 * u
+        self.u_out, self.gamma = u / (1 - u), gamma
         sd = self.score_dtype
-        # [c, κ₁/2 ‖c‖] padded: the width to a multiple of _TILE in half precision (AMX
-        # and tensor-core tiles: 577 columns ran 1.6× slower than 608 at 16,384
-        # centroids), the centroids to whole groups with +inf scores (never candidates)
+        # [c, κ₁/2 ‖c‖, 1/2, −(1 − κ₂)/2 ‖c‖²] (the matmul's alpha is −2), padded: the width
+        # to a multiple of _TILE in half precision (AMX and tensor-core tiles: 577 columns
+        # ran 1.6× slower than 608 at 16,384 centroids), the centroids to whole groups with
+        # +inf scores (never candidates)
         half = sd in (torch.bfloat16, torch.float16)
-        self.width = d + 1 + ((-(d + 1)) % _TILE if half else 0)
+        self.width = d + 3 + ((-(d + 3)) % _TILE if half else 0)
         self.group = _group_size(self.k)
         kp = self.k + ((-self.k) % self.group if self.group else 0)
         c_aug = torch.zeros(kp, self.width, dtype=centroids.dtype, device=dev)
         c_aug[: self.k, :d] = centroids
         c_aug[: self.k, d] = (self.k1 / 2) * self.cn64
+        c_aug[: self.k, d + 1] = 0.5
+        c_aug[: self.k, d + 2] = -((1 - self.k2) / 2) * self.csq64
         self.c_aug = c_aug.to(sd)
-        bias = torch.full((kp,), float("inf"), dtype=centroids.dtype, device=dev)
-        bias[: self.k] = (1 - self.k2) * self.csq64
+        bias = torch.zeros(kp, dtype=centroids.dtype, device=dev)
+        bias[self.k :] = float("inf")
         self.bias = bias.to(sd)
+        # the reference centroids: a few, spread over the index range
+        n_ref = min(self.k, _REF_CENTROIDS, max(1, self.k // 16))
+        ref = torch.linspace(0, max(self.k - 1, 0), n_ref, device=dev).round().long()
+        self.ref_c, self.ref_sq = centroids[ref].to(dtype), self.csq64[ref].to(dtype)
         self.step = max(1, _SCORE_ELEMENTS // max(kp, 1))
         self._up: Assigner | None = None
         self.counts = {"rows": 0, "rescored": 0, "escalated": 0}  # full(): rows, near ties
@@ -215,17 +237,24 @@ class Assigner:
             a = buf[:r]
             a[:, :d] = xs
             a[:, d] = xn
+            a[:, d + 1] = torch.addmm(self.ref_sq, xs, self.ref_c.T, alpha=-2).amin(1)
+            a[:, d + 2] = 1
+            ref = a[:, d + 1].double()  # the value the matmul used, exactly
+            slack = 1.25 * self.gamma * ref.abs() + 1e-30
             scores = torch.addmm(self.bias, a, self.c_aug.T, beta=1, alpha=-2)
             v, idx = _smallest(scores, m, self.group)
             v = v.double()
+            low = torch.where(v.isinf(), v, v - self.u_out * v.abs() - slack[:, None])  # L_j
             best = idx[:, 0]
-            thr = v[:, 0] + 2 * (self.k1 * xn * self.cn64[best] + self.k2 * self.csq64[best])
-            inside = v <= thr[:, None]  # candidates (a prefix: v is sorted)
+            thr = v[:, 0] + self.u_out * v[:, 0].abs() + slack
+            thr += 2 * (self.k1 * xn * self.cn64[best] + self.k2 * self.csq64[best])  # U_b
+            inside = low <= thr[:, None]  # candidates (a prefix: L grows with v)
             n_cand = inside.sum(1)
             over = (n_cand == m) & (m < self.k)
             label = best.clone()
-            up = xsq + thr
-            lo = xsq + v[:, 1] if m >= 2 else torch.full_like(xsq, float("inf"))
+            base = xsq + ref
+            up = base + thr
+            lo = base + low[:, 1] if m >= 2 else torch.full_like(xsq, float("inf"))
             many = torch.nonzero((n_cand > 1) & ~over).flatten()
             if len(many):  # exact distances to the first `width` (a non-candidate is farther)
                 width = int(n_cand[many].max())
@@ -235,7 +264,7 @@ class Assigner:
                 pick = torch.where(exact == dmin, cand, self.k).min(1).values
                 others = exact.masked_fill(cand == pick[:, None], float("inf")).min(1).values
                 if width < m:
-                    others = torch.minimum(others, xsq[many] + v[many, width])
+                    others = torch.minimum(others, base[many] + low[many, width])
                 label[many], up[many], lo[many] = pick, dmin[:, 0], others
             self.counts["rescored"] += len(many)
             lab[s : s + r] = label
