@@ -126,7 +126,7 @@ class Assigner:
     exact: it shifts a row's scores alike) keeps |V_j| small near the row's minimum, so
     the output's rounding — a quarter of the bound when it was taken as u (‖c‖² + 2 ‖x‖
     ‖c‖) — no longer widens it; on N(0, 1) rows and Lloyd centroids the rows with more
-    than 8 candidates in bfloat16 fell from 17–30 % to under 0.5 %.
+    than 8 candidates in bfloat16 fell from 7–13 % to ~1 % (CONTRIBUTING.md).
 
     L_j grows with V_j, so with b the row's smallest V, the true nearest centroid j* has
     L_{j*} ≤ T_{j*} − r ≤ T_b − r ≤ U_b: it is among the candidates {j : L_j ≤ U_b}, a
