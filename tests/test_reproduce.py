@@ -437,7 +437,9 @@ def test_the_kmeans_initialised_topk_is_costed_to_its_first_plateau_check():
     """The k-means-initialised TopK starts on the top-1 SAE of the codebook, so its chosen
     rate's run stops at the first plateau check it can pass (5 curve points) and the 50 %
     continuation after it: every committed row (the demo's and the original scale's) saw at
-    least those tokens, the original scale's exactly; its training time is within 35 % of
+    least those tokens, the original scale's real rows exactly (layer 3's Gaussian control
+    first plateaued at 458,752 tokens and stopped after its continuation, 688,128: the
+    estimate costs the cheaper case); its training time is within 35 % of
     the original scale's fits on the AMD EPYC (101 / 97 s; machine factor 0.788), where
     costing the whole budget like a TopK trained from SAELens's init said ~450 s."""
     import json
@@ -456,8 +458,9 @@ def test_the_kmeans_initialised_topk_is_costed_to_its_first_plateau_check():
         stop = sae_tokens(cfg, "topk_kmeans_init") - (len(cfg.sae_lrs) - 1) * sweep
         assert all(r["tokens_seen"] >= stop for r in init), folder
         assert sae_tokens(cfg, "topk_kmeans_init") < sae_tokens(cfg, "topk")
-        if folder == "original-scale":
-            assert {r["tokens_seen"] for r in init} == {stop} == {393_216}
+        if folder == "original-scale":  # the real rows stop there (a Gaussian may go on)
+            real = {r["tokens_seen"] for r in init if r["source"] == "real"}
+            assert real == {stop} == {393_216}
     cfg = ReproduceConfig()
     one = [p for p in points(cfg) if p.method == "topk_kmeans_init"][:1]
     predicted = 0.788 * 60 * stage_minutes(cfg, one, cfg.layers)["SAE training"]
