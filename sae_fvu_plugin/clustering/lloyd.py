@@ -113,11 +113,12 @@ class Assigner:
 
         T_j − r − 2 e_j − s ≤ P_j ≤ T_j − r + s,   s = 1.25 γ |r|,
 
-    κ₁ = 1.25 (4u + 2γ), κ₂ = 4u, with u the unit roundoff of the score dtype and γ =
-    (d + 3) u_acc of its accumulator: the inputs rounded to the score dtype cost
+    κ₁ = 1.25 (4u + 2γ), κ₂ = 4u + 2γ, with u the unit roundoff of the score dtype and
+    γ = (d + 3) u_acc of its accumulator: the inputs rounded to the score dtype cost
     (2u + u²) Σ |x_i 2c_i| ≤ (4u + 2u²) ‖x‖ ‖c‖ (Cauchy–Schwarz), the accumulation γ times
-    the sum of the terms' sizes (2 ‖x‖ ‖c‖, ‖c‖², |r|), the rounded ‖c‖² and κ-columns
-    at most u of their terms, with 25 % to spare. The matmul returns V_j = fl(P_j), with
+    the sum of the terms' sizes (2 ‖x‖ ‖c‖ in κ₁, ‖c‖² in κ₂ — now inside the sum, where
+    float32's γ ≫ u — and |r| in s), the rounded ‖c‖² and κ-columns at most u of their
+    terms, with 25 % to spare. The matmul returns V_j = fl(P_j), with
     |V_j − P_j| ≤ u′ |V_j|, u′ = u / (1 − u); so
 
         L_j = V_j − u′ |V_j| − s ≤ T_j − r ≤ V_j + u′ |V_j| + 2 e_j + s = U_j.
@@ -159,7 +160,7 @@ class Assigner:
         u = unit_roundoff(self.score_dtype, dev)
         gamma = (d + 3) * accumulation_roundoff(self.score_dtype, dev)
         gamma /= max(1.0 - gamma, 1e-3)
-        self.k1, self.k2 = 1.25 * (4 * u + 2 * gamma), 4 * u
+        self.k1, self.k2 = 1.25 * (4 * u + 2 * gamma), 4 * u + 2 * gamma
         self.u_out, self.gamma = u / (1 - u), gamma
         sd = self.score_dtype
         # [c, κ₁/2 ‖c‖, 1/2, −(1 − κ₂)/2 ‖c‖²] (the matmul's alpha is −2), padded: the width
