@@ -228,6 +228,7 @@ class Assigner:
         d = x.shape[1]
         m = min(self.k, _CANDIDATES)
         buf = torch.zeros(min(self.step, n), self.width, dtype=self.score_dtype, device=dev)
+        buf[:, d + 2] = 1  # the ‖c‖² column's multiplier, the same for every chunk
         later: list[torch.Tensor] = []
         for s in range(0, n, self.step):
             if self.demoted:  # the rest one precision up, as a block
@@ -241,7 +242,6 @@ class Assigner:
             a[:, :d] = xs
             a[:, d] = xn
             a[:, d + 1] = torch.addmm(self.ref_sq, xs, self.ref_ct, alpha=-2).amin(1)
-            a[:, d + 2] = 1
             ref = a[:, d + 1].double()  # the value the matmul used, exactly
             slack = 1.25 * self.gamma * ref.abs() + 1e-30
             scores = torch.addmm(self.bias, a, self.c_aug.T, beta=1, alpha=-2)
